@@ -1,0 +1,95 @@
+"""Multi-head attention with two interchangeable backends.
+
+``naive`` materialises the (B, h, Lq, Lk) score and probability tensors, as the authors' code does
+(torch MultiheadAttention with weights, or explicit matmul + softmax): memory O(Lq Lk).
+``sdpa`` calls ``scaled_dot_product_attention``, which picks a fused kernel (flash or
+memory-efficient) that computes the same function without keeping those tensors: memory O(Lq + Lk).
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.base import ATTENTION_BACKENDS
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    backend: str,
+    causal: bool = False,
+    key_padding_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(dh) + mask) v over heads.
+
+    q: (B, h, Lq, dh); k, v: (B, h, Lk, dh); key_padding_mask: (B, Lk), True where the key is padding.
+    """
+    if backend == "sdpa":
+        mask = None
+        if key_padding_mask is not None:
+            mask = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Lk), True = attend
+            if causal:
+                lq, lk = q.shape[-2], k.shape[-2]
+                mask = mask & torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal and mask is None
+        )
+    if backend != "naive":
+        raise ValueError(f"Unknown attention backend {backend!r}; choose from {list(ATTENTION_BACKENDS)}")
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, h, Lq, Lk)
+    if causal:
+        lq, lk = scores.shape[-2], scores.shape[-1]
+        future = torch.ones(lq, lk, dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+    probs = F.dropout(scores.softmax(dim=-1), p=dropout_p)  # (B, h, Lq, Lk)
+    return probs @ v  # (B, h, Lq, dh)
+
+
+class MultiHeadAttention(nn.Module):
+    """Projections in, attention, projection out; the same parameters as torch MultiheadAttention."""
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float, backend: str, bias: bool = True):
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"Unknown attention backend {backend!r}; choose from {list(ATTENTION_BACKENDS)}")
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.backend = backend
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.v_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, length, d = x.shape
+        return x.view(b, length, self.num_heads, d // self.num_heads).transpose(1, 2)  # (B, h, L, dh)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key_value: torch.Tensor,
+        *,
+        causal: bool = False,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """query: (B, Lq, d); key_value: (B, Lk, d) -> (B, Lq, d)."""
+        q = self._heads(self.q_proj(query))
+        k = self._heads(self.k_proj(key_value))
+        v = self._heads(self.v_proj(key_value))
+        out = attention(
+            q, k, v,
+            backend=self.backend,
+            causal=causal,
+            key_padding_mask=key_padding_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        b, _, lq, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, lq, -1))

@@ -1,0 +1,115 @@
+"""The model contract every seqprof model follows, and how a registry entry builds one.
+
+A model is an ``nn.Module`` built from a config dataclass whose defaults are the paper's:
+- ``forward(batch) -> loss``: the paper's training objective, a scalar tensor;
+- ``predict(batch) -> scores``: inference scores for the batch's candidates;
+- ``configure_optimizer() -> Optimizer``: the paper's optimizer over the trainable parameters;
+- causal models also have ``encode(batch) -> (B, L, ...)``, the per-position outputs whose
+  position t depends only on inputs at positions <= t.
+Every batch holds ``seq``, the (B, L) item history, left-padded with item id 0; other per-position
+inputs (contexts, targets, times) are (B, L, ...) tensors aligned with it.
+Next to it, ``make_batch(config, batch_size, seq_len, device, generator) -> dict[str, Tensor]``
+builds the synthetic inputs of one training step directly on the device.
+
+Configs name the knobs the harness sets with the same field names: ``max_len``, ``num_items``,
+``num_users``, ``item_feature_dim``, ``attention``.
+"""
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Protocol
+
+import torch
+from torch import nn
+
+from models.profiles import DatasetProfile
+
+Batch = dict[str, torch.Tensor]
+Family = Literal["attention", "convolution"]
+ATTENTION_BACKENDS = ("naive", "sdpa")
+
+
+class SequentialRecommender(Protocol):
+    def forward(self, batch: Batch) -> torch.Tensor: ...
+    def predict(self, batch: Batch) -> torch.Tensor: ...
+    def configure_optimizer(self) -> torch.optim.Optimizer: ...
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registry entry: what the model is, where it comes from, and how to build it."""
+
+    name: str
+    family: Family
+    paper: str
+    code: str  # the authors' repository (or the reference port) the implementation follows
+    config_cls: type
+    model_cls: Callable[[Any], nn.Module]
+    make_batch: Callable[..., Batch]
+    default_profile: str
+    causal: bool  # True: position t sees items <= t; False: bidirectional with a padding mask
+    needs_item_features: bool = False
+    max_len_limit: int | None = None  # longest length the model supports, None for unbounded
+
+    @property
+    def has_attention_backend(self) -> bool:
+        return "attention" in {f.name for f in dataclasses.fields(self.config_cls)}
+
+    def build_config(self, profile: DatasetProfile, seq_len: int, attention: str | None = None, **overrides):
+        if self.needs_item_features and profile.item_feature_dim is None:
+            raise ValueError(f"model {self.name!r} needs item features; profile {profile.name!r} has none")
+        knobs = {
+            "max_len": seq_len,
+            "num_items": profile.num_items,
+            "num_users": profile.num_users,
+            "item_feature_dim": profile.item_feature_dim,
+        }
+        if attention is not None and self.has_attention_backend:
+            if attention not in ATTENTION_BACKENDS:
+                raise ValueError(f"Unknown attention backend {attention!r}; choose from {list(ATTENTION_BACKENDS)}")
+            knobs["attention"] = attention
+        knobs.update(overrides)
+        names = {f.name for f in dataclasses.fields(self.config_cls)}
+        return self.config_cls(**{k: v for k, v in knobs.items() if k in names})
+
+    def build(self, config) -> nn.Module:
+        return self.model_cls(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """All parameters, frozen ones included, as the authors' code counts them."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def frozen_feature_table(num_rows: int, feature_dim: int) -> nn.Parameter:
+    """A frozen item-feature table, row 0 being padding, as the attribute-aware models keep one.
+
+    Random values stand in for the dataset's features: cost depends on the size only. The values
+    are filled by the model's initialisation, so they follow the global seed like every weight.
+    """
+    table = torch.rand(num_rows, feature_dim)
+    table[0] = 0.0
+    return nn.Parameter(table, requires_grad=False)
+
+
+def random_items(batch_size: int, seq_len: int, num_items: int, device, generator) -> torch.Tensor:
+    """Item ids in [1, num_items] (0 is padding), shape (batch_size, seq_len)."""
+    return torch.randint(1, num_items + 1, (batch_size, seq_len), device=device, generator=generator)
+
+
+def left_padded_lengths_mask(batch_size: int, seq_len: int, device, generator) -> torch.Tensor:
+    """A (B, L) bool mask of real positions for left-padded sequences.
+
+    Real histories are shorter than the maximum length; a quarter of the rows are padded by a
+    random amount (at least one real item kept) so padding paths are exercised in every step,
+    while most rows are full, as in a length sweep where L is the cost driver.
+    """
+    lengths = torch.full((batch_size,), seq_len, device=device)
+    padded_rows = torch.arange(batch_size, device=device) % 4 == 3
+    short = torch.randint(1, seq_len + 1, (batch_size,), device=device, generator=generator)
+    lengths = torch.where(padded_rows, short, lengths)
+    positions = torch.arange(seq_len, device=device)
+    return positions.unsqueeze(0) >= (seq_len - lengths).unsqueeze(1)

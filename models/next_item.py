@@ -1,0 +1,76 @@
+"""The embedding and prediction layers SASRec and the lightweight ConvRec share.
+
+Scaled item embedding + learned positional embedding (zero at padding) -> a stack of blocks ->
+final LayerNorm; training scores the next item and one sampled negative at every position with BCE
+on dot products with the shared item embedding; inference scores candidates from the last position.
+The models differ only in their blocks and optimizer.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.base import Batch, left_padded_lengths_mask, random_items
+
+
+class PointWiseFeedForward(nn.Module):
+    """Two position-wise d -> d maps with ReLU; the residual is added inside, as in SASRec."""
+
+    def __init__(self, d_model: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, d_model)
+        self.fc2 = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.dropout(self.fc2(self.dropout(F.relu(self.fc1(x)))))
+
+
+class NextItemModel(nn.Module):
+    """Subclasses fill ``self.blocks`` with modules mapping (x (B, L, d), real (B, L)) -> (B, L, d)."""
+
+    def __init__(self, num_items: int, max_len: int, d_model: int, dropout: float, layer_norm_eps: float):
+        super().__init__()
+        self.d_model = d_model
+        self.item_emb = nn.Embedding(num_items + 1, d_model, padding_idx=0)
+        self.pos_emb = nn.Embedding(max_len + 1, d_model, padding_idx=0)  # position 0 = padding
+        self.emb_dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList()
+        self.final_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+
+    def encode(self, batch: Batch) -> torch.Tensor:
+        """batch["seq"]: (B, L) item ids, 0 = padding -> (B, L, d); position t sees items <= t."""
+        seq = batch["seq"]
+        real = seq != 0
+        x = self.item_emb(seq) * math.sqrt(self.d_model)
+        positions = torch.arange(1, seq.shape[1] + 1, device=seq.device) * real  # (B, L), 0 at padding
+        x = self.emb_dropout(x + self.pos_emb(positions))
+        for block in self.blocks:
+            x = block(x, real)
+        return self.final_norm(x)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        h = self.encode(batch)  # (B, L, d)
+        pos_logits = (h * self.item_emb(batch["pos"])).sum(-1)  # (B, L)
+        neg_logits = (h * self.item_emb(batch["neg"])).sum(-1)
+        target = batch["pos"] != 0
+        pos_logits, neg_logits = pos_logits[target], neg_logits[target]
+        return F.binary_cross_entropy_with_logits(
+            pos_logits, torch.ones_like(pos_logits)
+        ) + F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits))
+
+    def predict(self, batch: Batch) -> torch.Tensor:
+        h = self.encode(batch)[:, -1]  # (B, d): the last position has seen the whole history
+        return (self.item_emb(batch["candidates"]) @ h.unsqueeze(-1)).squeeze(-1)  # (B, C)
+
+
+def make_batch(cfg, batch_size: int, seq_len: int, device, generator) -> Batch:
+    """Left-padded histories, the next item and one sampled negative per position (0 at padding),
+    and ``cfg.num_candidates`` candidates for inference."""
+    real = left_padded_lengths_mask(batch_size, seq_len, device, generator)
+    seq = random_items(batch_size, seq_len, cfg.num_items, device, generator) * real
+    pos = random_items(batch_size, seq_len, cfg.num_items, device, generator) * real
+    neg = random_items(batch_size, seq_len, cfg.num_items, device, generator) * real
+    candidates = random_items(batch_size, cfg.num_candidates, cfg.num_items, device, generator)
+    return {"seq": seq, "pos": pos, "neg": neg, "candidates": candidates}
