@@ -1,0 +1,210 @@
+"""CARCA (Rashed et al., RecSys 2022): context- and attribute-aware next-item scoring by cross-attention.
+
+Follows the authors' TensorFlow code (ahmedrashed-ml/CARCA: CARCA.py) at its Beauty settings.
+An item vector is Linear(6d -> d)(concat[token embedding (d), Linear(F + 6 -> 5d)(concat[item
+features, 6 context values])]); no positional embedding (the authors build a table but never add
+it: order enters through the context values). The profile goes through blocks of [attention whose
+query is LN(x) and whose keys/values are x, with Q, K, V = LeakyReLU(Linear) and no output
+projection, multiplied by its query -> LN -> point-wise FFN with residual -> padding zeroed], then a
+final LN. Targets then attend over the profile with a second attention of the same kind, and
+Linear(d -> 1) gives their score.
+
+Training is SASRec's: every real position t has its next item and one sampled negative, both with
+the next item's context; each of them attends over the whole profile (not causal), and BCE on the
+two logits plus an L2 penalty on the item embedding is the loss. Inference scores C = 101
+candidates (1 positive + 100 negatives) with the same cross-attention.
+
+The theeluwin/ProxyRCA repository ships a different PyTorch "CARCA" (ProxyRCA's transformer with a
+token + attribute encoder and cross-entropy over 101 candidates); this file is the original.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.attention import attention
+from models.base import ATTENTION_BACKENDS, Batch, frozen_feature_table, random_items
+from models import item_context
+from models.profiles import CONTEXT_FEATURES
+
+
+@dataclass
+class CARCAConfig:
+    num_items: int = 57_289
+    item_feature_dim: int = 6_507
+    d_model: int = 90  # Beauty and Games; 390 on Fashion and Men
+    num_blocks: int = 3
+    num_heads: int = 1  # 3 on Games, Fashion and Men
+    dropout: float = 0.5  # 0.3 on Fashion and Men
+    cross_residual: bool = True  # the cross-attention output times its query (use_res; False on Fashion, Men)
+    leaky_slope: float = 0.2  # TensorFlow's leaky_relu default
+    layer_norm_eps: float = 1e-8
+    l2_emb: float = 1e-4  # L2 penalty on the item embedding table, as TensorFlow's l2_regularizer adds it
+    attention: str = "naive"  # "naive" materialises (B, h, L, L) as the authors' code does
+    num_candidates: int = 101  # inference: 1 positive + 100 sampled negatives
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+
+
+def make_batch(cfg: CARCAConfig, batch_size: int, seq_len: int, device, generator) -> Batch:
+    """A profile with contexts, the next item and one negative per position sharing the next item's
+    context (0 at padding), and ``cfg.num_candidates`` candidates (positive at index 0) for inference."""
+    seq, context = item_context.profile(cfg.num_items, batch_size, seq_len, device, generator)
+    real = seq != 0
+    pos = random_items(batch_size, seq_len, cfg.num_items, device, generator) * real
+    neg = random_items(batch_size, seq_len, cfg.num_items, device, generator) * real
+    pos_context = item_context.random_context(batch_size, seq_len, device, generator) * real.unsqueeze(-1)
+    cand, cand_context = item_context.candidates(cfg.num_items, batch_size, cfg.num_candidates, device, generator)
+    return {
+        "seq": seq, "context": context, "pos": pos, "neg": neg, "pos_context": pos_context,
+        "candidates": cand, "candidate_context": cand_context,
+    }
+
+
+def aligned_attention(q, k, v, *, backend: str, key_padding_mask: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """``attention`` with the head size padded to a multiple of 8 for the fused kernels.
+
+    CARCA's heads are 90 (d 90, 1 head) or 130 wide; the flash and memory-efficient kernels need a
+    multiple of 8 (4 in fp32) and otherwise fall back to the math kernel, which materialises
+    (B, h, Lq, Lk). Zero columns leave q k^T unchanged and only add output columns, which are
+    dropped; q is rescaled so the softmax still divides by sqrt(true head size).
+    """
+    head_dim = q.shape[-1]
+    pad = -head_dim % 8
+    if backend != "sdpa" or pad == 0:
+        return attention(q, k, v, backend=backend, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
+    q = F.pad(q * math.sqrt((head_dim + pad) / head_dim), (0, pad))
+    k, v = F.pad(k, (0, pad)), F.pad(v, (0, pad))
+    out = attention(q, k, v, backend=backend, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
+    return out[..., :head_dim]
+
+
+class CARCAAttention(nn.Module):
+    """Q, K, V = LeakyReLU(Linear(.)); no output projection; optionally times the query."""
+
+    def __init__(self, cfg: CARCAConfig, residual: bool):
+        super().__init__()
+        if cfg.d_model % cfg.num_heads:
+            raise ValueError(f"d_model {cfg.d_model} is not divisible by num_heads {cfg.num_heads}")
+        if cfg.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"Unknown attention backend {cfg.attention!r}; choose from {list(ATTENTION_BACKENDS)}")
+        self.cfg = cfg
+        self.residual = residual
+        self.q_proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, length, d = x.shape
+        x = F.leaky_relu(x, self.cfg.leaky_slope)
+        return x.view(b, length, self.cfg.num_heads, d // self.cfg.num_heads).transpose(1, 2)  # (B, h, L, dh)
+
+    def forward(self, query: torch.Tensor, key_value: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """query (B, Lq, d), key_value (B, Lk, d), padding (B, Lk) True at padded keys -> (B, Lq, d)."""
+        q = self._heads(self.q_proj(query))
+        k = self._heads(self.k_proj(key_value))
+        v = self._heads(self.v_proj(key_value))
+        dropout_p = self.cfg.dropout if self.training else 0.0
+        out = aligned_attention(q, k, v, backend=self.cfg.attention, key_padding_mask=padding, dropout_p=dropout_p)
+        b, _, lq, _ = out.shape
+        out = out.transpose(1, 2).reshape(b, lq, -1)  # (B, Lq, d)
+        return out * query if self.residual else out  # CARCA's multiplicative "residual"
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: CARCAConfig):
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.attention = CARCAAttention(cfg, residual=True)
+        self.ffn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.fc1 = nn.Linear(cfg.d_model, cfg.d_model)  # the authors' kernel-1 conv1d
+        self.fc2 = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.leaky_slope = cfg.leaky_slope
+
+    def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        x = self.attention(self.attention_norm(x), x, padding)
+        h = self.ffn_norm(x)
+        x = h + self.dropout(self.fc2(self.dropout(F.leaky_relu(self.fc1(h), self.leaky_slope))))
+        return x * ~padding.unsqueeze(-1)  # padded positions back to zero, so they stay masked keys
+
+
+class CARCA(nn.Module):
+    def __init__(self, cfg: CARCAConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, f = cfg.d_model, cfg.item_feature_dim
+        self.item_emb = nn.Embedding(cfg.num_items + 1, d, padding_idx=0)
+        self.features = frozen_feature_table(cfg.num_items + 1, f)  # (|I| + 1, F), row 0 = padding
+        # The authors' Linear(F + 6 -> 5d) on concat[features, context], split in its feature and
+        # context parts: the same parameters and sum without a (B, L, F + 6) copy of the features.
+        self.feature_proj = nn.Linear(f, 5 * d)
+        self.context_proj = nn.Linear(CONTEXT_FEATURES, 5 * d, bias=False)
+        self.item_proj = nn.Linear(6 * d, d)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_blocks))
+        self.final_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.cross_attention = CARCAAttention(cfg, residual=cfg.cross_residual)
+        self.score = nn.Linear(d, 1)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """TensorFlow's initialisers: Glorot-uniform kernels and embedding, zero biases; the item
+        encoder and the score layer N(0, 0.01) as the authors set them."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for module in (self.feature_proj, self.context_proj, self.item_proj, self.score):
+            nn.init.normal_(module.weight, std=0.01)
+        nn.init.xavier_uniform_(self.item_emb.weight)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def embed(self, ids: torch.Tensor, context: torch.Tensor, scale: float) -> torch.Tensor:
+        """ids (..., n), context broadcastable to (..., n, 6) -> item vectors (..., n, d)."""
+        token = self.item_emb(ids) * scale
+        attributes = self.feature_proj(F.embedding(ids, self.features)) + self.context_proj(context)  # (..., n, 5d)
+        return self.item_proj(torch.cat([token, attributes], dim=-1))
+
+    def encode_profile(self, seq: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Profile (B, L), contexts (B, L, 6) -> (B, L, d); padding-masked, not causal."""
+        padding = seq == 0
+        # Only the profile's token embedding is scaled by sqrt(d), as in the authors' code.
+        x = self.dropout(self.embed(seq, context, math.sqrt(self.cfg.d_model))) * ~padding.unsqueeze(-1)
+        for block in self.blocks:
+            x = block(x, padding)
+        return self.final_norm(x)
+
+    def _scores(self, targets: torch.Tensor, profile: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """targets (B, n, d) attend over the profile (B, L, d) -> scores (B, n)."""
+        return self.score(self.cross_attention(targets, profile, padding)).squeeze(-1)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        seq, pos = batch["seq"], batch["pos"]
+        b, length = seq.shape
+        profile = self.encode_profile(seq, batch["context"])  # (B, L, d)
+        # The next item and the negative share the next item's context: one (B, 2L) query set over
+        # the profile computes the profile's keys and values once for both.
+        ids = torch.stack([pos, batch["neg"]], dim=1)  # (B, 2, L)
+        targets = self.embed(ids, batch["pos_context"].unsqueeze(1), 1.0).view(b, 2 * length, -1)  # (B, 2L, d)
+        logits = self._scores(targets, profile, seq == 0).view(b, 2, length)  # scores (B, h, 2L, L)
+        target = pos != 0
+        pos_logits, neg_logits = logits[:, 0][target], logits[:, 1][target]
+        bce = F.binary_cross_entropy_with_logits(pos_logits, torch.ones_like(pos_logits)) + \
+            F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits))
+        return bce + 0.5 * self.cfg.l2_emb * self.item_emb.weight.square().sum()
+
+    def predict(self, batch: Batch) -> torch.Tensor:
+        """Scores (B, C) of ``batch["candidates"]`` at the positive's context."""
+        seq = batch["seq"]
+        profile = self.encode_profile(seq, batch["context"])
+        candidates = self.embed(batch["candidates"], batch["candidate_context"], 1.0)  # (B, C, d)
+        return self._scores(candidates, profile, seq == 0)
+
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.cfg.lr, betas=self.cfg.betas)

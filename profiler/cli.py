@@ -1,0 +1,177 @@
+"""The seqprof command line: a thin typed layer over profiler.sweep and friends."""
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from models.profiles import PROFILES
+from models.registry import REGISTRY
+from profiler import options
+from profiler.display import SweepProgress, summary_table
+from profiler.environment import collect_environment, resolve_device
+from profiler.points import MeasurementBudget
+from profiler.runner import SweepEvents
+from profiler.store import ResultsFileError
+from profiler.sweep import SweepRequest, default_results_path, defaults_for, open_store, run_sweep
+
+app = typer.Typer(
+    help="Profile convolutional vs attention sequential recommenders as the sequence grows.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+def fail(message: str) -> None:
+    """A user error found past option parsing: one line, exit code 2, as for a bad parameter."""
+    console.print(f"seqprof: error: {message}", markup=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def sweep(
+    lengths: Annotated[Optional[str], typer.Option(callback=options.parse_lengths, help="Sequence lengths, e.g. 50,200,500 [GPU: 50..900 step 100; CPU: 25,50,100].")] = None,
+    models: Annotated[Optional[str], typer.Option(callback=options.parse_models, help="Models, comma-separated [all].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Batch size [GPU: 128; CPU: 16].")] = None,
+    mode: Annotated[str, typer.Option(callback=options.parse_mode, help="train, infer or both.")] = "train",
+    device: Annotated[str, typer.Option(callback=options.parse_device, help="auto, cuda or cpu; auto picks CUDA when present.")] = "auto",
+    attention: Annotated[str, typer.Option(callback=options.parse_attention, help="Attention backends for attention models: naive (materialised, as the authors), sdpa (fused), or naive,sdpa.")] = "naive",
+    profile: Annotated[Optional[str], typer.Option(callback=options.parse_profile, help="Dataset profile for every model [each model's own].")] = None,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="Results CSV [results/sweep-<time>.csv].")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue --out, measuring only the missing points.")] = False,
+    time_budget_s: Annotated[Optional[float], typer.Option(min=0.0, help="Measured time per point; repetitions fill it [GPU 2.0, CPU 0.3].")] = None,
+    min_reps: Annotated[Optional[int], typer.Option(min=1, help="Fewest timed repetitions per point [GPU 5, CPU 3].")] = None,
+    max_reps: Annotated[Optional[int], typer.Option(min=1, help="Most timed repetitions per point [GPU 100, CPU 20].")] = None,
+    warmup: Annotated[Optional[int], typer.Option(min=0, help="Warm-up steps before timing [3].")] = None,
+    point_timeout_s: Annotated[float, typer.Option(min=1.0, help="A point running longer is recorded as an error.")] = 900.0,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation and synthetic batches.")] = 0,
+    fresh_worker_per_point: Annotated[bool, typer.Option(help="A new worker process for every point (default: one per model variant).")] = False,
+) -> None:
+    """Measure memory and time per step over a grid of models and lengths."""
+    try:
+        resolved_device = resolve_device(device)
+    except ValueError as exc:
+        fail(str(exc))
+    defaults = defaults_for(resolved_device)
+    budget = MeasurementBudget(
+        warmup_steps=defaults.budget.warmup_steps if warmup is None else warmup,
+        time_budget_s=defaults.budget.time_budget_s if time_budget_s is None else time_budget_s,
+        min_reps=defaults.budget.min_reps if min_reps is None else min_reps,
+        max_reps=defaults.budget.max_reps if max_reps is None else max_reps,
+    )
+    if budget.min_reps > budget.max_reps:
+        fail(f"--min-reps {budget.min_reps} is larger than --max-reps {budget.max_reps}")
+    if resume and out_path is None:
+        fail("--resume needs --out, the results file to continue")
+    request = SweepRequest(
+        models=models or list(REGISTRY),
+        lengths=lengths or list(defaults.lengths),
+        modes=options.modes_for(mode),
+        attentions=attention,
+        batch_size=batch_size or defaults.batch_size,
+        profile=profile,
+        device=resolved_device,
+        seed=seed,
+        budget=budget,
+        out=out_path or default_results_path(),
+        resume=resume,
+        point_timeout_s=point_timeout_s,
+        fresh_worker_per_point=fresh_worker_per_point,
+        argv=sys.argv[1:],
+    )
+    try:
+        request.validate()
+        store = open_store(request)
+        with store:
+            if resolved_device == "cpu":
+                console.print(
+                    "[bold yellow]Running on the CPU[/] (no CUDA GPU in use): times are CPU times, GPU memory "
+                    "columns stay empty; the tensor footprint shows how memory scales."
+                )
+            started = time.perf_counter()
+            with SweepProgress(console) as progress:
+                rows, interrupted = run_sweep(request, store, SweepEvents(progress.on_start, progress.on_result))
+            elapsed = time.perf_counter() - started
+    except (ResultsFileError, ValueError) as exc:
+        fail(str(exc))
+    frame = store.frame
+    if len(frame):
+        out.print(summary_table(frame, f"seqprof sweep on {frame['device_name'].iloc[-1]}, batch {request.batch_size}"))
+    console.print(f"{len(rows)} points measured in {elapsed:.1f} s; results: {request.out}")
+    if interrupted:
+        console.print(
+            "[bold]Stopped by Ctrl-C.[/] Every finished point is kept. Resume with: "
+            + resume_command(request.argv, request.out)
+        )
+        raise typer.Exit(130)
+
+
+def resume_command(argv: list[str], results: Path) -> str:
+    """The user's sweep command with --out pointing at ``results`` and --resume added."""
+    kept, skip_next = [], False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+        elif arg == "--out":
+            skip_next = True
+        elif not (arg.startswith("--out=") or arg == "--resume"):
+            kept.append(arg)
+    return " ".join(["seqprof", *kept, "--out", str(results), "--resume"])
+
+
+@app.command("models")
+def list_models() -> None:
+    """List the registered models: family, source, parameters at the default profile."""
+    from profiler.catalog import registry_rows
+
+    table = Table(title="seqprof models (parameters at each model's default profile and paper length)")
+    for column in ("name", "family", "profile", "L", "parameters", "trainable", "paper", "authors' code"):
+        table.add_column(column, justify="right" if column in ("L", "parameters", "trainable") else "left")
+    for row in registry_rows():
+        table.add_row(
+            row["name"], row["family"], row["profile"], str(row["seq_len"]),
+            f"{row['param_count']:,}", f"{row['trainable_param_count']:,}", row["paper"], row["code"],
+        )
+    out.print(table)
+
+
+@app.command("env")
+def show_environment(
+    device: Annotated[str, typer.Option(callback=options.parse_device, help="auto, cuda or cpu.")] = "auto",
+) -> None:
+    """Show the GPU, driver, CUDA, torch, python, seqprof version and git commit."""
+    try:
+        resolved = resolve_device(device)
+    except ValueError as exc:
+        fail(str(exc))
+    for key, value in collect_environment(resolved).items():
+        out.print(f"{key:>16}: {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: user errors print as one line (`seqprof: error: ...`), exit code 2."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="seqprof", standalone_mode=False)
+    except (typer.Abort, KeyboardInterrupt):
+        print("seqprof: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        # typer's usage errors (its own click, or the click it wraps) carry these two attributes.
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            print(f"seqprof: error: {exc.format_message()}", file=sys.stderr)
+            return exc.exit_code
+        raise
+    # An Exit raised inside a command comes back as its exit code in non-standalone mode.
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""What a person sees: live progress of a sweep and the summary table at its end."""
+import math
+
+import pandas as pd
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from profiler.points import NO_ATTENTION, PointSpec
+
+STATUS_STYLE = {"ok": "green", "oom": "yellow", "skipped": "dim", "error": "red"}
+
+
+def variant_name(model: str, attention: str) -> str:
+    return model if attention == NO_ATTENTION else f"{model}[{attention}]"
+
+
+def memory_column(frame: pd.DataFrame) -> str:
+    """The memory figure to show: the allocator's peak on a GPU, the tensor footprint elsewhere."""
+    if "peak_allocated_mib" in frame and frame["peak_allocated_mib"].notna().any():
+        return "peak_allocated_mib"
+    return "tensor_footprint_mib"
+
+
+def describe_row(row: dict) -> str:
+    status = row["status"]
+    style = STATUS_STYLE.get(status, "")
+    text = f"[{style}]{status:>7}[/{style}]"
+    if status == "ok":
+        memory = row.get("peak_allocated_mib")
+        if memory is None or (isinstance(memory, float) and math.isnan(memory)):
+            memory = row["tensor_footprint_mib"]
+        text += f"  {row['time_median_ms']:9.2f} ms  {memory:9.1f} MiB  spread {row['time_spread']:.1%}"
+    elif row.get("error"):
+        text += f"  {escape(str(row['error']))}"
+    return text
+
+
+class SweepProgress:
+    """A progress bar (points done, elapsed, ETA) with one line per finished point above it."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self._task = None
+
+    def __enter__(self) -> "SweepProgress":
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.__exit__(*exc)
+
+    def on_start(self, index: int, total: int, point: PointSpec) -> None:
+        if self._task is None:
+            self._task = self._progress.add_task("", total=total)
+        self._progress.update(self._task, description=f"measuring {escape(point.label)}")
+
+    def on_result(self, index: int, total: int, point: PointSpec, row: dict) -> None:
+        self._progress.console.print(
+            f"[{index + 1:>3}/{total}] {escape(point.label):<34} {describe_row(row)}", soft_wrap=True
+        )
+        self._progress.advance(self._task)
+
+
+def summary_table(frame: pd.DataFrame, title: str) -> Table:
+    """Model variant x length: median ms / memory MiB, or the status where no number exists."""
+    memory = memory_column(frame)
+    memory_label = "peak alloc MiB" if memory == "peak_allocated_mib" else "tensor footprint MiB"
+    table = Table(title=f"{title}\ncells: median ms / {memory_label}")
+    lengths = sorted(frame["seq_len"].unique())
+    table.add_column("model")
+    table.add_column("mode")
+    for length in lengths:
+        table.add_column(f"L={length}", justify="right")
+    for (model, attention, mode), rows in frame.groupby(["model", "attention", "mode"], sort=False):
+        by_length = {int(r["seq_len"]): r for _, r in rows.iterrows()}
+        cells = []
+        for length in lengths:
+            row = by_length.get(int(length))
+            if row is None:
+                cells.append("")
+            elif row["status"] == "ok":
+                cells.append(f"{row['time_median_ms']:.2f} / {row[memory]:.0f}")
+            else:
+                cells.append(f"[{STATUS_STYLE[row['status']]}]{row['status']}[/]")
+        table.add_row(escape(variant_name(model, attention)), mode, *cells)
+    return table

@@ -1,0 +1,120 @@
+"""Measures one point: build the model, optimizer and batch, warm up, time, read memory.
+
+Returns a flat record (column -> value) for the results table. Runs inside a worker process; an
+out-of-memory error propagates to the worker, which records it as a result.
+"""
+import gc
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from models.base import count_parameters, count_trainable_parameters
+from models.profiles import get_profile
+from models.registry import get_spec
+from profiler.footprint import inference_footprint, train_step_footprint
+from profiler.points import NO_ATTENTION, MeasurementBudget, PointSpec
+from profiler.timing import TimingStats, time_steps
+
+MIB = 2**20
+
+
+def _synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _count_flops(step) -> int:
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None) -> dict:
+    """The full record of one point. ``nvml_reader`` is an ``NvmlMemoryReader`` on CUDA, else None."""
+    from profiler.nvml import NvmlPeakSampler
+
+    device = point.device
+    record: dict = {}
+    if nvml_reader is not None:
+        record["nvml_baseline_mib"] = nvml_reader.read_mib()  # context (and leftovers) before the model
+        record["nvml_source"] = nvml_reader.source
+
+    spec = get_spec(point.model)
+    profile = get_profile(point.profile)
+    attention = None if point.attention == NO_ATTENTION else point.attention
+    config = spec.build_config(profile, point.seq_len, attention)
+    torch.manual_seed(point.seed)
+    model = spec.build(config).to(device)
+    generator = torch.Generator(device=device).manual_seed(point.seed)
+    batch = spec.make_batch(config, point.batch_size, point.seq_len, device, generator)
+    record["param_count"] = count_parameters(model)
+    record["trainable_param_count"] = count_trainable_parameters(model)
+
+    if point.mode == "train":
+        model.train()
+        optimizer = model.configure_optimizer()
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            model(batch).backward()
+            optimizer.step()
+
+        # The first step also creates the optimizer state, which the footprint counts.
+        footprint = train_step_footprint(model, optimizer, batch, step)
+    else:
+        model.eval()
+
+        def step() -> None:
+            with torch.inference_mode():
+                model.predict(batch)
+
+        footprint = inference_footprint(model, batch, step)
+    record.update(
+        params_mib=footprint.params_mib,
+        grads_mib=footprint.grads_mib,
+        optimizer_state_mib=footprint.optimizer_state_mib,
+        inputs_mib=footprint.inputs_mib,
+        activations_mib=footprint.activations_mib,
+        tensor_footprint_mib=footprint.total_mib,
+    )
+    record["flops_per_step"] = _count_flops(step)
+
+    for _ in range(budget.warmup_steps):
+        step()
+    _synchronize(device)
+
+    # One timed step sizes the repetition count to the budget.
+    probe_ms = time_steps(step, 1, device)[0]
+    reps = budget.reps_for(probe_ms / 1e3)
+
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    wall_start = time.perf_counter()
+    if nvml_reader is not None:
+        with NvmlPeakSampler(nvml_reader) as sampler:
+            samples_ms = time_steps(step, reps, device)
+        record["nvml_peak_mib"] = sampler.peak_mib
+        record["nvml_samples"] = sampler.samples
+    else:
+        samples_ms = time_steps(step, reps, device)
+    record["measured_wall_s"] = time.perf_counter() - wall_start
+    if device == "cuda":
+        record["peak_allocated_mib"] = torch.cuda.max_memory_allocated() / MIB
+        record["peak_reserved_mib"] = torch.cuda.max_memory_reserved() / MIB
+
+    stats = TimingStats.from_samples(samples_ms)
+    record.update(
+        reps=len(samples_ms),
+        warmup_steps=budget.warmup_steps,
+        time_median_ms=stats.median_ms,
+        time_mean_ms=stats.mean_ms,
+        time_p10_ms=stats.p10_ms,
+        time_p90_ms=stats.p90_ms,
+        time_cv=stats.cv,
+        time_spread=stats.spread,
+        achieved_tflops=record["flops_per_step"] / (stats.median_ms * 1e-3) / 1e12,
+        step_times_ms=" ".join(f"{s:.4f}" for s in samples_ms),
+    )
+    return record

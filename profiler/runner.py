@@ -1,0 +1,179 @@
+"""Runs a plan of points through worker processes and stores every result as it arrives.
+
+Points of one model variant share a worker (a fresh process with its own CUDA context) until a
+point ends in anything but ``ok``; then the worker is retired and the next point gets a fresh one.
+After an OOM, the longer lengths of that series are recorded as skipped. A stop request (Ctrl-C)
+takes effect between points, so the point in flight is kept.
+"""
+import datetime
+import multiprocessing
+import signal
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from models.profiles import get_profile
+from models.registry import get_spec
+from profiler.points import MeasurementBudget, PointSpec
+from profiler.store import ResultsStore
+from profiler.worker import worker_main
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    budget: MeasurementBudget = MeasurementBudget()
+    point_timeout_s: float = 900.0
+    fresh_worker_per_point: bool = False
+
+
+class WorkerDied(Exception):
+    pass
+
+
+class WorkerTimedOut(Exception):
+    pass
+
+
+class Worker:
+    """One worker process and the pipe to it."""
+
+    def __init__(self, device: str):
+        ctx = multiprocessing.get_context("spawn")  # fork would copy the parent's CUDA state
+        self._conn, child_conn = ctx.Pipe()
+        self.process = ctx.Process(target=worker_main, args=(child_conn, device), daemon=True)
+        self.process.start()
+        child_conn.close()
+        self.points_measured = 0
+
+    def measure(self, point: PointSpec, budget: MeasurementBudget, timeout_s: float) -> dict:
+        self._conn.send({"point": point.as_dict(), "budget": asdict(budget)})
+        deadline = time.monotonic() + timeout_s
+        while not self._conn.poll(0.1):
+            if not self.process.is_alive():
+                if self._conn.poll(0):
+                    break
+                raise WorkerDied(self._death_cause())
+            if time.monotonic() > deadline:
+                self.kill()
+                raise WorkerTimedOut(f"point took longer than {timeout_s:g} s; worker killed")
+        try:
+            record = self._conn.recv()
+        except (EOFError, ConnectionResetError):
+            raise WorkerDied(self._death_cause()) from None
+        self.points_measured += 1
+        return record
+
+    def _death_cause(self) -> str:
+        self.process.join(timeout=5)
+        code = self.process.exitcode
+        if code is not None and code < 0:
+            return f"worker died from signal {signal.Signals(-code).name}"
+        return f"worker exited with code {code}"
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            try:
+                self._conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            self.process.join(timeout=10)
+        self.kill()
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=10)
+
+
+@dataclass
+class SweepEvents:
+    """Callbacks the caller (the CLI's progress display) receives; measurement code never prints."""
+
+    on_start: Callable[[int, int, PointSpec], None] = lambda index, total, point: None
+    on_result: Callable[[int, int, PointSpec, dict], None] = lambda index, total, point, row: None
+
+
+class SweepRunner:
+    def __init__(
+        self, store: ResultsStore, options: RunnerOptions, events: SweepEvents | None = None, device_name: str = ""
+    ):
+        self.store = store
+        self.device_name = device_name
+        self.options = options
+        self.events = events or SweepEvents()
+        self.stop_requested = False
+        self._worker: Worker | None = None
+        self._worker_group: tuple | None = None
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+    def pending(self, points: list[PointSpec]) -> list[PointSpec]:
+        done = self.store.measured_keys()
+        return [p for p in points if p.key not in done]
+
+    def run(self, points: list[PointSpec]) -> list[dict]:
+        """Measures ``points`` in order; returns the rows written. Stops early on request."""
+        oom_at = self._stored_oom_lengths()
+        rows = []
+        try:
+            for index, point in enumerate(points):
+                if self.stop_requested:
+                    break
+                self.events.on_start(index, len(points), point)
+                if point.series in oom_at and point.seq_len > oom_at[point.series]:
+                    row = self._row(point, {"status": "skipped", "error": f"OOM at L={oom_at[point.series]}"}, 0.0)
+                else:
+                    row = self._measure(point)
+                    if row["status"] == "oom":
+                        oom_at[point.series] = min(point.seq_len, oom_at.get(point.series, point.seq_len))
+                self.store.append(row)
+                rows.append(row)
+                self.events.on_result(index, len(points), point, row)
+        finally:
+            self._retire_worker()
+        return rows
+
+    def _stored_oom_lengths(self) -> dict[tuple, int]:
+        oom_at: dict[tuple, int] = {}
+        frame = self.store.frame
+        for row in frame[frame["status"] == "oom"].itertuples(index=False):
+            series = (row.model, row.attention, row.profile, row.mode, int(row.batch_size), row.device)
+            oom_at[series] = min(int(row.seq_len), oom_at.get(series, int(row.seq_len)))
+        return oom_at
+
+    def _measure(self, point: PointSpec) -> dict:
+        group = (point.model, point.attention, point.profile, point.device)
+        if self._worker is None or group != self._worker_group or self.options.fresh_worker_per_point:
+            self._retire_worker()
+            self._worker, self._worker_group = Worker(point.device), group
+        fresh = self._worker.points_measured == 0
+        started = time.perf_counter()
+        try:
+            record = self._worker.measure(point, self.options.budget, self.options.point_timeout_s)
+        except (WorkerDied, WorkerTimedOut) as exc:
+            record = {"status": "error", "error": str(exc)}
+        record["worker_fresh"] = fresh
+        if record["status"] != "ok":
+            self._retire_worker()  # a fresh process for whatever comes next
+        return self._row(point, record, time.perf_counter() - started)
+
+    def _retire_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+        self._worker, self._worker_group = None, None
+
+    def _row(self, point: PointSpec, record: dict, wall_s: float) -> dict:
+        spec = get_spec(point.model)
+        profile = get_profile(point.profile)
+        row = point.as_dict()
+        row.update(
+            family=spec.family,
+            device_name=self.device_name,
+            num_items=profile.num_items,
+            item_feature_dim=profile.item_feature_dim,
+            point_wall_s=wall_s,
+            finished_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        )
+        row.update({k: v for k, v in record.items() if k != "traceback"})
+        return row

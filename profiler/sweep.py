@@ -1,0 +1,124 @@
+"""A sweep from the user's choices to stored results: defaults per device, validation, the run."""
+import datetime
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from models.profiles import get_profile
+from models.registry import REGISTRY, get_spec
+from profiler.environment import collect_environment
+from profiler.points import MeasurementBudget, PointSpec, plan_points
+from profiler.runner import RunnerOptions, SweepEvents, SweepRunner
+from profiler.store import ResultsStore
+
+RESULTS_DIR = Path("results")
+
+
+@dataclass(frozen=True)
+class DeviceDefaults:
+    lengths: tuple[int, ...]
+    batch_size: int
+    budget: MeasurementBudget
+
+
+# The GPU defaults are the papers' grid. The CPU defaults keep a full `make sweep` on a two-core
+# machine within minutes: shorter lengths, a smaller batch, a shorter time budget per point.
+GPU_DEFAULTS = DeviceDefaults((50, 100, 200, 300, 400, 500, 600, 700, 800, 900), 128, MeasurementBudget())
+CPU_DEFAULTS = DeviceDefaults(
+    (25, 50, 100), 16, MeasurementBudget(warmup_steps=3, time_budget_s=0.3, min_reps=3, max_reps=20)
+)
+
+
+def defaults_for(device: str) -> DeviceDefaults:
+    return GPU_DEFAULTS if device == "cuda" else CPU_DEFAULTS
+
+
+@dataclass
+class SweepRequest:
+    models: list[str]
+    lengths: list[int]
+    modes: list[str]
+    attentions: list[str]
+    batch_size: int
+    profile: str | None
+    device: str
+    seed: int
+    budget: MeasurementBudget
+    out: Path
+    resume: bool
+    point_timeout_s: float
+    fresh_worker_per_point: bool = False
+    argv: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        """Raises ValueError with one line for a combination no point of which could run."""
+        if self.profile is not None:
+            get_profile(self.profile)
+        for model in self.models:
+            spec = get_spec(model)
+            limit = spec.max_len_limit
+            if limit is not None and max(self.lengths) > limit:
+                raise ValueError(f"model {model!r} supports lengths up to {limit}; got {max(self.lengths)}")
+            profile = get_profile(self.profile or spec.default_profile)
+            if spec.needs_item_features and profile.item_feature_dim is None:
+                raise ValueError(f"model {model!r} needs item features; profile {profile.name!r} has none")
+
+    def plan(self) -> list[PointSpec]:
+        return plan_points(
+            self.models, self.lengths, self.modes, self.attentions, self.batch_size, self.profile, self.device, self.seed
+        )
+
+
+def default_results_path() -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return RESULTS_DIR / f"sweep-{stamp}.csv"
+
+
+def open_store(request: SweepRequest) -> ResultsStore:
+    return ResultsStore.resume(request.out) if request.resume else ResultsStore.create(request.out, {})
+
+
+def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -> tuple[list[dict], bool]:
+    """Runs the pending points of the request into ``store`` (held locked by the caller).
+
+    Returns the rows written and whether the sweep was stopped early by Ctrl-C.
+    """
+    environment = collect_environment(request.device)
+    runner = SweepRunner(
+        store,
+        RunnerOptions(request.budget, request.point_timeout_s, request.fresh_worker_per_point),
+        events,
+        device_name=environment["device_name"],
+    )
+    points = runner.pending(request.plan())
+    store.start_run(
+        {
+            "environment": environment,
+            "command": request.argv,
+            "models": request.models,
+            "lengths": request.lengths,
+            "modes": request.modes,
+            "attention": request.attentions,
+            "batch_size": request.batch_size,
+            "profile": request.profile or {m: REGISTRY[m].default_profile for m in request.models},
+            "seed": request.seed,
+            "budget": request.budget.__dict__,
+            "points_planned": len(points),
+            "started": environment["timestamp"],
+        }
+    )
+
+    def stop_after_this_point(signum, frame):
+        runner.request_stop()
+
+    previous = signal.signal(signal.SIGINT, stop_after_this_point)
+    try:
+        rows = runner.run(points)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    store.finish_run(
+        finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        points_measured=len(rows),
+        interrupted=runner.stop_requested,
+    )
+    return rows, runner.stop_requested

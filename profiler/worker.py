@@ -1,0 +1,101 @@
+"""The worker process: measures the points it is sent, one at a time, in its own CUDA context.
+
+It answers each point with a record whose ``status`` is ``ok``, ``oom`` (a result: the point does
+not fit) or ``error`` (with the message). The runner retires a worker after anything but ``ok``, so
+a failed point never leaves fragments or a broken context to the next one.
+"""
+import gc
+import os
+import signal
+import traceback
+
+from profiler.points import MeasurementBudget, PointSpec
+
+# Tests set this to make a worker fail on purpose at a given point: "<label>=<fault>".
+FAULT_ENV = "SEQPROF_INJECT_FAULT"
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    # The CPU allocator reports exhaustion as a plain RuntimeError.
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+def _inject_fault(point: PointSpec) -> None:
+    wanted = os.environ.get(FAULT_ENV, "")
+    label, _, fault = wanted.partition("=")
+    if label != point.label:
+        return
+    import torch
+
+    if fault == "oom":
+        raise torch.OutOfMemoryError("injected out-of-memory")
+    if fault == "error":
+        raise RuntimeError("injected failure")
+    if fault == "exit":
+        os._exit(3)
+    if fault == "segfault":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if fault == "hang":
+        signal.pause()
+
+
+def _release_memory(device: str) -> None:
+    gc.collect()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader) -> dict:
+    from profiler.measure import measure_point
+
+    try:
+        _inject_fault(point)
+        record = measure_point(point, budget, nvml_reader)
+        record["status"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded result
+        status = "oom" if _is_out_of_memory(exc) else "error"
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        record = {"status": status, "error": f"{type(exc).__name__}: {message}"}
+        if status == "error":
+            record["traceback"] = traceback.format_exc(limit=8)
+    finally:
+        _release_memory(point.device)
+    record["worker_pid"] = os.getpid()
+    return record
+
+
+def worker_main(conn, device: str) -> None:
+    """Entry point of the worker process: receive (point, budget) dicts, send records, until None."""
+    # Ctrl-C goes to the whole process group; the runner decides when to stop, and the point in
+    # flight finishes so its measurement is kept.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    nvml_reader, nvml_unavailable = None, None
+    if device == "cuda":
+        import torch
+
+        torch.cuda.init()
+        torch.zeros(1, device="cuda")  # create the context, so the NVML baseline includes it
+        try:
+            from profiler.nvml import NvmlMemoryReader
+
+            nvml_reader = NvmlMemoryReader(torch.cuda.current_device())
+        except Exception as exc:  # noqa: BLE001 - NVML is optional; the rest is measured, the reason kept
+            nvml_unavailable = f"unavailable ({type(exc).__name__}: {exc})"
+    while True:
+        message = conn.recv()
+        if message is None:
+            break
+        point = PointSpec(**message["point"])
+        budget = MeasurementBudget(**message["budget"])
+        record = measure_safely(point, budget, nvml_reader)
+        if nvml_unavailable:
+            record["nvml_source"] = nvml_unavailable
+        conn.send(record)
+    if nvml_reader is not None:
+        nvml_reader.close()
