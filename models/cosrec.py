@@ -70,8 +70,9 @@ def pairwise_pointwise_conv(emb: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """
     d = emb.shape[-1]
     weight = conv.weight.flatten(1)  # (C, 2d): the first d channels carry e_k, the last d e_j
-    col = F.linear(emb, weight[:, :d]).transpose(1, 2)  # (B, C, L): indexed by k
-    row = F.linear(emb, weight[:, d:], conv.bias).transpose(1, 2)  # (B, C, L): indexed by j
+    # Contiguous (B, C, L) terms make the sum a plain contiguous NCHW grid, as the convs expect.
+    col = F.linear(emb, weight[:, :d]).transpose(1, 2).contiguous()  # (B, C, L): indexed by k
+    row = F.linear(emb, weight[:, d:], conv.bias).transpose(1, 2).contiguous()  # indexed by j
     return row.unsqueeze(-1) + col.unsqueeze(-2)  # (B, C, L, L)
 
 

@@ -24,7 +24,9 @@ def profile(num_items: int, batch_size: int, seq_len: int, device, generator) ->
     return seq, context
 
 
-def candidates(num_items: int, batch_size: int, num_candidates: int, device, generator) -> tuple[torch.Tensor, torch.Tensor]:
+def candidates(
+    num_items: int, batch_size: int, num_candidates: int, device, generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidate ids (B, C), the positive at index 0, and their contexts (B, C, 6): the positive's
     context repeated, materialised as the authors' data loaders hand it over."""
     ids = random_items(batch_size, num_candidates, num_items, device, generator)

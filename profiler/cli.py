@@ -25,8 +25,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# Wide tables stay whole in logs and pipes, where rich would otherwise assume 80 columns.
+console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def fail(message: str) -> None:

@@ -11,7 +11,8 @@ import traceback
 
 from profiler.points import MeasurementBudget, PointSpec
 
-# Tests set this to make a worker fail on purpose at a given point: "<label>=<fault>".
+# Tests set this to make a worker fail on purpose at one point: "<point label>=<fault>", the fault
+# one of oom, error, exit, segfault, hang.
 FAULT_ENV = "SEQPROF_INJECT_FAULT"
 
 
@@ -26,7 +27,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 def _inject_fault(point: PointSpec) -> None:
     wanted = os.environ.get(FAULT_ENV, "")
-    label, _, fault = wanted.partition("=")
+    label, _, fault = wanted.rpartition("=")
     if label != point.label:
         return
     import torch

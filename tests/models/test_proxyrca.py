@@ -12,6 +12,15 @@ from models.profiles import CONTEXT_FEATURES, get_profile
 from models.proxyrca import ProxyRCA, ProxyRCAConfig, make_batch
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny shapes: one thread is faster than two, and much faster on a shared, loaded CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_config(**overrides) -> ProxyRCAConfig:
     knobs = dict(num_items=40, item_feature_dim=16, d_model=32, num_proxies=8, num_heads=4)
     knobs.update(overrides)
@@ -245,7 +254,7 @@ def test_learns_a_planted_pattern():
         model.item_encoder.features[items, (items - 1) // GROUP_SIZE] += 1.0
     optimizer = model.configure_optimizer()
     generator = torch.Generator().manual_seed(0)
-    for _ in range(150):
+    for _ in range(80):
         loss = model(planted_batch(32, 8, 20, generator))
         optimizer.zero_grad()
         loss.backward()
@@ -253,4 +262,4 @@ def test_learns_a_planted_pattern():
     with torch.no_grad():
         scores = model.eval().predict(planted_batch(256, 8, 20, generator))
     hit_rate = (scores[:, 0:1] > scores[:, 1:]).all(1).float().mean().item()
-    assert hit_rate > 0.6, f"hit rate {hit_rate:.2f}, chance is 1/20"
+    assert hit_rate > 0.8, f"hit rate {hit_rate:.2f}, chance is 1/20"

@@ -1,0 +1,16 @@
+"""Shared fixtures: the CPU, a tiny profile, and a measurement budget of a few steps."""
+import pytest
+import torch
+
+from profiler.points import MeasurementBudget
+
+TINY_BUDGET = MeasurementBudget(warmup_steps=1, time_budget_s=0.01, min_reps=2, max_reps=3)
+# CLI flags giving the same budget, so CLI tests run in seconds.
+FAST_FLAGS = ["--device", "cpu", "--profile", "tiny", "--batch-size", "4", "--warmup", "1",
+              "--time-budget-s", "0.01", "--min-reps", "2", "--max-reps", "3"]
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    # Two cores: tests that spawn workers run faster when the parent does not compete for both.
+    torch.set_num_threads(1)

@@ -1,0 +1,139 @@
+"""The command line: happy paths and every bad input, each a one-line error with exit code 2."""
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import FAST_FLAGS
+from models.registry import REGISTRY
+from profiler.cli import app, resume_command
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, list(args))
+
+
+def test_sweep_writes_one_row_per_point_and_a_summary(tmp_path):
+    out = tmp_path / "r.csv"
+    result = invoke("sweep", "--lengths", "8,16", "--models", "sasrec,convrec-light", "--mode", "both",
+                    "--attention", "naive,sdpa", "--out", str(out), *FAST_FLAGS)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out)
+    # sasrec x 2 backends + convrec-light, x 2 modes, x 2 lengths
+    assert len(frame) == 12
+    assert set(frame["status"]) == {"ok"}
+    assert set(frame.loc[frame["model"] == "sasrec", "attention"]) == {"naive", "sdpa"}
+    assert set(frame.loc[frame["model"] == "convrec-light", "attention"]) == {"none"}
+    assert (frame["device"] == "cpu").all()
+    assert (frame["time_median_ms"] > 0).all() and (frame["tensor_footprint_mib"] > 0).all()
+    assert "Running on the CPU" in result.output
+    assert "L=16" in result.output  # the summary table's columns
+    assert (tmp_path / "r.meta.json").exists()
+
+
+def test_models_lists_every_registered_model_with_its_parameter_count():
+    result = invoke("models")
+    assert result.exit_code == 0, result.output
+    for name in REGISTRY:
+        assert name in result.output
+    assert "2,898,150" in result.output  # SASRec at the Beauty profile, L 50, d 50 (pmixer's count)
+
+
+def test_env_names_torch_and_the_commit():
+    result = invoke("env", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "torch" in result.output and "git_commit" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lengths", "50,,200"], "not a comma-separated list"),
+        (["--lengths", ""], "not a comma-separated list"),
+        (["--lengths", "50,abc"], "not an integer length"),
+        (["--lengths", "0,50"], "lengths must be positive"),
+        (["--lengths", "-5"], "lengths must be positive"),
+        (["--lengths", "50,50"], "repeats 50"),
+        (["--models", "gpt4rec"], "unknown model 'gpt4rec'; choose from"),
+        (["--batch-size", "0"], "batch-size"),
+        (["--mode", "fly"], "unknown mode 'fly'"),
+        (["--attention", "flash"], "unknown attention backend 'flash'"),
+        (["--profile", "imdb"], "unknown profile 'imdb'"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--min-reps", "9", "--max-reps", "3"], "larger than --max-reps"),
+        (["--resume"], "--resume needs --out"),
+    ],
+)
+def test_bad_input_is_a_clear_error_with_exit_code_2(args, message):
+    result = invoke("sweep", *args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    result = invoke("sweep", "--device", "cuda", "--lengths", "8")
+    assert result.exit_code == 2
+    assert "no CUDA GPU is available" in result.output
+
+
+def test_unwritable_output_folder_is_a_clear_error(tmp_path, monkeypatch):
+    # Permission bits do not bind root, so the store's write check is made to see a read-only folder.
+    monkeypatch.setattr("profiler.store.os.access", lambda path, mode: False)
+    result = invoke("sweep", "--lengths", "8", "--models", "sasrec", "--out", str(tmp_path / "r.csv"), *FAST_FLAGS)
+    assert result.exit_code == 2
+    assert "cannot write results to" in result.output and "permission denied" in result.output
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_output_under_a_file_is_a_clear_error(tmp_path):
+    a_file = tmp_path / "plain"
+    a_file.write_text("x")
+    result = invoke("sweep", "--lengths", "8", "--models", "sasrec", "--out", str(a_file / "r.csv"), *FAST_FLAGS)
+    assert result.exit_code == 2
+    assert "cannot create folder" in result.output
+
+
+def test_existing_results_are_never_overwritten(tmp_path):
+    out = tmp_path / "r.csv"
+    out.write_text("precious\n")
+    result = invoke("sweep", "--lengths", "8", "--models", "sasrec", "--out", str(out), *FAST_FLAGS)
+    assert result.exit_code == 2
+    assert "already exists" in result.output
+    assert out.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("", "is empty"),
+        ("a,b,c\n1,2,3\n", "not a seqprof results file"),
+        ('model,"unterminated\n', "corrupted"),
+    ],
+)
+def test_corrupted_results_given_to_resume_are_a_clear_error(tmp_path, content, problem):
+    out = tmp_path / "r.csv"
+    out.write_text(content)
+    result = invoke("sweep", "--lengths", "8", "--models", "sasrec", "--out", str(out), "--resume", *FAST_FLAGS)
+    assert result.exit_code == 2
+    assert problem in result.output and str(out) in result.output
+    assert out.read_text() == content  # nothing touched
+
+
+def test_console_script_prints_one_line_errors():
+    proc = subprocess.run(
+        [sys.executable, "-m", "profiler.cli", "sweep", "--lengths", "5,x"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["seqprof: error: Invalid value for '--lengths': 'x' in '5,x' is not an integer length"]
+
+
+def test_resume_command_replaces_out_and_adds_resume():
+    argv = ["sweep", "--lengths", "50,200", "--out", "old.csv", "--resume"]
+    assert resume_command(argv, "new.csv") == "seqprof sweep --lengths 50,200 --out new.csv --resume"
