@@ -181,9 +181,9 @@ class Caser(nn.Module):
         e = self.item_emb(seq)  # (B, L, d)
         # Vertical filters: weighted sums of the L rows, no activation.
         out_v = torch.einsum("nl,bld->bnd", self.vertical_weight, e) + self.vertical_bias.unsqueeze(-1)
-        # Horizontal filters: max over whole windows; the activation is monotone, so it commutes with
-        # the max and runs on the pooled (B, nh L) values only.
-        pooled = [y.amax(-1) for y in self.horizontal(e, causal=False)]  # (B, n_g nh) each
+        # Horizontal filters: max over whole windows. The activation is monotone, so it commutes with
+        # the max and runs on the pooled (B, nh L) values only; max keeps only the argmax for backward.
+        pooled = [y.max(-1).values for y in self.horizontal(e, causal=False)]  # (B, n_g nh) each
         out_h = self.conv_act(torch.cat(pooled, dim=1))  # (B, nh L)
         features = self.dropout(torch.cat([out_v.flatten(1), out_h], dim=1))  # (B, nv d + nh L)
         z = self.fc_act(self.fc(features))  # (B, d)

@@ -120,9 +120,11 @@ class DownScaleLayer(nn.Module):
     def forward(self, x: torch.Tensor, x_res: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """x_res None: the first layer, whose residual is its own input (pooled once, not twice)."""
         pad = self.left_pad(x.shape[1])
-        x = F.pad(x, (0, 0, pad, 0))  # (B, L + pad, d)
+        if pad:
+            x = F.pad(x, (0, 0, pad, 0))  # (B, L + pad, d)
+            x_res = None if x_res is None else F.pad(x_res, (0, 0, pad, 0))
         x_pool = self.pool(x)  # (B, L', d)
-        x_res = x_pool if x_res is None else self.pool(F.pad(x_res, (0, 0, pad, 0)))
+        x_res = x_pool if x_res is None else self.pool(x_res)
         h = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, L', d)
         h = self.dropout(F.gelu(self.out_proj(h)))
         return self.norm(h + self.pool_weight * x_pool + self.res_weight * x_res), x_res

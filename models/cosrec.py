@@ -1,4 +1,4 @@
-"""CosRec (Yan et al., CIKM 2019) and CosRec+ (Purificato et al.): 2-D convolutions over the grid
+"""CosRec (Yan et al., CIKM 2019) and CosRec+ (Siciliano, Purificato et al.): 2-D convolutions over the grid
 of item pairs.
 
 Both embed the last L items, form the L x L grid whose cell (j, k) is the concatenation [e_k; e_j]
@@ -15,11 +15,14 @@ Both embed the last L items, form the L x L grid whose cell (j, k) is the concat
 Same functions as the authors' code, computed with less memory and work:
 - the first 1x1 conv is linear in [e_k; e_j], so it is the sum of a per-column and a per-row term:
   the (B, 2d, L, L) pair grid is never built (nor saved for backward);
-- ReLU runs in place on the BatchNorm output (BN saves its input, not its output), and CosRec+ pads
-  before that ReLU (relu(0) = 0), so each block saves four grids where the authors' saves five;
-- CosRec+ pooling: the authors multiply by an (L, L, L) mask, O(L^3); growing the square from t-1 to
-  t adds only the L-shaped border max(j, k) = t, so border sums and a cumulative sum give every
-  square mean in O(L^2) (a 2-D prefix sum read on the diagonal);
+- ReLU runs in place on the BatchNorm output (BN saves its input, not its output: one grid less
+  alive at a time); CosRec+ pads before that ReLU (relu(0) = 0), so the padded grid is the one
+  tensor both the ReLU and the 3x3 conv save: four grids saved per block where the authors' save
+  five; the last ReLU, whose output nothing else saves, keeps a 1-byte mask instead;
+- CosRec+ pooling: the authors contract the grid with an (L, L, L) mask, O(L^3) work and an L^3
+  tensor saved for backward; growing the square from t-1 to t adds only the border max(j, k) = t,
+  so border sums and a cumulative sum give every square mean in O(L^2) (the 2-D prefix sums read
+  on the diagonal);
 - CosRec+ output: the authors compute logits for all items at every position, (B, L, |I| + 1), then
   gather the candidates; gathering the candidates' output weights first is the same function.
 """
@@ -88,18 +91,22 @@ class ConvBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_dim)
         self.causal = causal
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.after_conv1(self.conv1(x))
+    def forward(self, x: torch.Tensor, last: bool = False) -> torch.Tensor:
+        return self.after_conv1(self.conv1(x), last)
 
-    def after_conv1(self, h: torch.Tensor) -> torch.Tensor:
+    def after_conv1(self, h: torch.Tensor, last: bool = False) -> torch.Tensor:
         """h: the 1x1 conv's output (B, C, H, W) -> (B, C, H', W')."""
         h = self.bn1(h)
         if self.causal:
             # Pad before the in-place ReLU: the padded grid is then the one tensor saved for both
             # the ReLU's and the 3x3 conv's backward.
             h = F.pad(h, (2, 0, 2, 0))  # (B, C, H + 2, W + 2)
-        h = self.conv2(F.relu_(h))  # (B, C, H, W) causal, (B, C, H - 2, W - 2) otherwise
-        return F.relu_(self.bn2(h))
+        h = self.bn2(self.conv2(F.relu_(h)))  # (B, C, H, W) causal, (B, C, H - 2, W - 2) otherwise
+        if last:
+            # The pooling that follows saves nothing, so this ReLU's backward keeps a 1-byte mask
+            # instead of the 4-byte output grid (zeroing in place, as relu_ does).
+            return h.mul_(h > 0)
+        return F.relu_(h)  # saved once, shared with the next block's 1x1 conv
 
 
 def build_blocks(d_model: int, block_dims: tuple[int, ...], causal: bool) -> nn.ModuleList:
@@ -109,21 +116,26 @@ def build_blocks(d_model: int, block_dims: tuple[int, ...], causal: bool) -> nn.
 
 def run_blocks(emb: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
     """emb: (B, L, d) item embeddings -> the last block's grid (B, C, H, W)."""
-    h = blocks[0].after_conv1(pairwise_pointwise_conv(emb, blocks[0].conv1))
-    for block in blocks[1:]:
-        h = block(h)
+    h = blocks[0].after_conv1(pairwise_pointwise_conv(emb, blocks[0].conv1), last=len(blocks) == 1)
+    for i, block in enumerate(blocks[1:], start=2):
+        h = block(h, last=i == len(blocks))
     return h
 
 
 def prefix_square_mean(x: torch.Tensor) -> torch.Tensor:
     """(B, C, L, L) -> (B, L, C): row t is the mean of x[..., :t+1, :t+1].
 
-    The square for t is the one for t-1 plus the border where max(j, k) = t: row t up to column t
-    and column t above row t. Border sums then a cumulative sum: O(L^2), no (L, L, L) mask.
+    The square for t is the one for t-1 plus its border, the cells with max(j, k) = t. Summing each
+    cell into its border (a scatter-add) then a cumulative sum over t gives every square in O(L^2)
+    with no (L, L, L) mask, no (B, C, L, L) temporary in forward, and one (the gradient, a gather)
+    in backward.
     """
-    size = x.shape[-1]
-    border = torch.tril(x).sum(-1) + torch.triu(x, diagonal=1).sum(-2)  # (B, C, L)
-    cells = torch.arange(1, size + 1, device=x.device, dtype=x.dtype).square()  # (t + 1)^2
+    batch, channels, size, _ = x.shape
+    steps = torch.arange(size, device=x.device)
+    border_of = torch.maximum(steps.unsqueeze(1), steps.unsqueeze(0)).flatten()  # (L * L,)
+    border_of = border_of.expand(batch, channels, -1)  # a view: the index costs L^2 integers
+    border = x.new_zeros(batch, channels, size).scatter_add(-1, border_of, x.flatten(2))  # (B, C, L)
+    cells = (steps + 1).to(x.dtype).square()  # (t + 1)^2
     return (border.cumsum(-1) / cells).transpose(1, 2)
 
 
@@ -132,7 +144,9 @@ class CosRec(nn.Module):
         super().__init__()
         min_len = 2 * len(cfg.block_dims) + 1
         if cfg.max_len < min_len:
-            raise ValueError(f"CosRec needs max_len >= {min_len} (each block's 3x3 conv removes 2), got {cfg.max_len}")
+            raise ValueError(
+                f"CosRec needs max_len >= {min_len} (each block's 3x3 conv removes 2), got {cfg.max_len}"
+            )
         self.cfg = cfg
         d = cfg.d_model
         self.user_emb = nn.Embedding(cfg.num_users, d)
@@ -147,11 +161,13 @@ class CosRec(nn.Module):
             nn.init.normal_(table.weight, 0.0, 1.0 / table.embedding_dim)
         nn.init.zeros_(self.out_bias.weight)
 
-    def encode(self, batch: Batch) -> torch.Tensor:
-        """(seq (B, L), user (B,)) -> (B, fc_dim + d): one vector for the whole window."""
+    def represent(self, batch: Batch) -> torch.Tensor:
+        """(seq (B, L), user (B,)) -> (B, fc_dim + d): one vector for the whole window (not causal,
+        so no per-position ``encode``)."""
         seq = batch["seq"]
-        if seq.shape[1] < 2 * len(self.blocks) + 1:
-            raise ValueError(f"CosRec needs sequences of at least {2 * len(self.blocks) + 1} items, got {seq.shape[1]}")
+        min_len = 2 * len(self.blocks) + 1
+        if seq.shape[1] < min_len:
+            raise ValueError(f"CosRec needs sequences of at least {min_len} items, got {seq.shape[1]}")
         h = run_blocks(self.item_emb(seq), self.blocks)  # (B, C, L - 4, L - 4)
         h = self.dropout(torch.tanh(self.fc(h.mean((-2, -1)))))  # global average pool -> (B, fc_dim)
         return torch.cat([h, self.user_emb(batch["user"])], -1)
@@ -162,13 +178,13 @@ class CosRec(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         targets = batch["targets"]
-        logits = self.score(self.encode(batch), torch.cat([targets, batch["negatives"]], 1))
+        logits = self.score(self.represent(batch), torch.cat([targets, batch["negatives"]], 1))
         pos, neg = logits.split([targets.shape[1], logits.shape[1] - targets.shape[1]], dim=1)
         # -mean(log sigmoid(pos)) - mean(log(1 - sigmoid(neg))), in the stable softplus form.
         return F.softplus(-pos).mean() + F.softplus(neg).mean()
 
     def predict(self, batch: Batch) -> torch.Tensor:
-        return self.score(self.encode(batch), batch["candidates"])  # (B, C)
+        return self.score(self.represent(batch), batch["candidates"])  # (B, C)
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)

@@ -100,7 +100,7 @@ class ProxyItemEncoder(nn.Module):
         self.proxy_bias = nn.Embedding(cfg.num_known_items + 1, cfg.num_proxies, padding_idx=0)
         self.proxies = nn.Embedding(cfg.num_proxies, d)  # (P, d)
         self.item_proj = nn.Linear(2 * d, d)
-        nn.init.zeros_(self.proxy_bias.weight)  # the authors' "very important trick"
+        nn.init.zeros_(self.proxy_bias.weight)  # biases start at zero, as in the authors' code
 
     def forward(self, ids: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         features = F.embedding(ids, self.features)  # (B, n, F)

@@ -3,6 +3,7 @@
 Returns a flat record (column -> value) for the results table. Runs inside a worker process; an
 out-of-memory error propagates to the worker, which records it as a result.
 """
+import contextlib
 import gc
 import time
 
@@ -13,6 +14,7 @@ from models.base import count_parameters, count_trainable_parameters
 from models.profiles import get_profile
 from models.registry import get_spec
 from profiler.footprint import inference_footprint, train_step_footprint
+from profiler.nvml import NvmlPeakSampler
 from profiler.points import NO_ATTENTION, MeasurementBudget, PointSpec
 from profiler.timing import TimingStats, time_steps
 
@@ -32,8 +34,6 @@ def _count_flops(step) -> int:
 
 def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None) -> dict:
     """The full record of one point. ``nvml_reader`` is an ``NvmlMemoryReader`` on CUDA, else None."""
-    from profiler.nvml import NvmlPeakSampler
-
     device = point.device
     record: dict = {}
     if nvml_reader is not None:
@@ -80,26 +80,30 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None)
     )
     record["flops_per_step"] = _count_flops(step)
 
-    for _ in range(budget.warmup_steps):
-        step()
-    _synchronize(device)
-
-    # One timed step sizes the repetition count to the budget.
-    probe_ms = time_steps(step, 1, device)[0]
-    reps = budget.reps_for(probe_ms / 1e3)
+    # The NVML sampler watches the warm-up, where the process's memory reaches its peak (the caching
+    # allocator keeps what it reserved, so later steps reuse it), and reads once more after timing.
+    # It stays off during the timed steps, where its thread would jitter the host's kernel launches.
+    sampler = NvmlPeakSampler(nvml_reader) if nvml_reader is not None else contextlib.nullcontext()
+    with sampler:
+        for _ in range(budget.warmup_steps):
+            step()
+        _synchronize(device)
+        # One timed step sizes the repetition count to the budget.
+        reps = budget.reps_for(time_steps(step, 1, device)[0] / 1e3)
 
     gc.collect()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    wall_start = time.perf_counter()
-    if nvml_reader is not None:
-        with NvmlPeakSampler(nvml_reader) as sampler:
-            samples_ms = time_steps(step, reps, device)
-        record["nvml_peak_mib"] = sampler.peak_mib
-        record["nvml_samples"] = sampler.samples
-    else:
+    gc.disable()  # a collection pause inside the timed loop would land in one sample at random
+    try:
+        wall_start = time.perf_counter()
         samples_ms = time_steps(step, reps, device)
-    record["measured_wall_s"] = time.perf_counter() - wall_start
+        record["measured_wall_s"] = time.perf_counter() - wall_start
+    finally:
+        gc.enable()
+    if nvml_reader is not None:
+        record["nvml_peak_mib"] = max(sampler.peak_mib, nvml_reader.read_mib())
+        record["nvml_samples"] = sampler.samples + 1
     if device == "cuda":
         record["peak_allocated_mib"] = torch.cuda.max_memory_allocated() / MIB
         record["peak_reserved_mib"] = torch.cuda.max_memory_reserved() / MIB

@@ -34,6 +34,10 @@ class WorkerTimedOut(Exception):
     pass
 
 
+# Starting a worker (imports, CUDA context) is not part of a point's time limit, but has its own.
+WORKER_START_TIMEOUT_S = 300.0
+
+
 class Worker:
     """One worker process and the pipe to it."""
 
@@ -44,9 +48,9 @@ class Worker:
         self.process.start()
         child_conn.close()
         self.points_measured = 0
+        self._ready = False
 
-    def measure(self, point: PointSpec, budget: MeasurementBudget, timeout_s: float) -> dict:
-        self._conn.send({"point": point.as_dict(), "budget": asdict(budget)})
+    def _receive(self, timeout_s: float, what: str) -> dict:
         deadline = time.monotonic() + timeout_s
         while not self._conn.poll(0.1):
             if not self.process.is_alive():
@@ -55,11 +59,24 @@ class Worker:
                 raise WorkerDied(self._death_cause())
             if time.monotonic() > deadline:
                 self.kill()
-                raise WorkerTimedOut(f"point took longer than {timeout_s:g} s; worker killed")
+                raise WorkerTimedOut(f"{what} took longer than {timeout_s:g} s; worker killed")
         try:
-            record = self._conn.recv()
+            return self._conn.recv()
         except (EOFError, ConnectionResetError):
             raise WorkerDied(self._death_cause()) from None
+
+    def _wait_until_ready(self) -> None:
+        if self._ready:
+            return
+        hello = self._receive(WORKER_START_TIMEOUT_S, "worker start")
+        if not hello.get("ready"):
+            raise WorkerDied(f"worker failed to start: {hello.get('error')}")
+        self._ready = True
+
+    def measure(self, point: PointSpec, budget: MeasurementBudget, timeout_s: float) -> dict:
+        self._wait_until_ready()
+        self._conn.send({"point": point.as_dict(), "budget": asdict(budget)})
+        record = self._receive(timeout_s, "point")
         self.points_measured += 1
         return record
 

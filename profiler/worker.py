@@ -9,6 +9,9 @@ import os
 import signal
 import traceback
 
+import torch
+
+from profiler.measure import measure_point
 from profiler.points import MeasurementBudget, PointSpec
 
 # Tests set this to make a worker fail on purpose at one point: "<point label>=<fault>", the fault
@@ -17,8 +20,6 @@ FAULT_ENV = "SEQPROF_INJECT_FAULT"
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
-    import torch
-
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     # The CPU allocator reports exhaustion as a plain RuntimeError.
@@ -30,8 +31,6 @@ def _inject_fault(point: PointSpec) -> None:
     label, _, fault = wanted.rpartition("=")
     if label != point.label:
         return
-    import torch
-
     if fault == "oom":
         raise torch.OutOfMemoryError("injected out-of-memory")
     if fault == "error":
@@ -47,14 +46,10 @@ def _inject_fault(point: PointSpec) -> None:
 def _release_memory(device: str) -> None:
     gc.collect()
     if device == "cuda":
-        import torch
-
         torch.cuda.empty_cache()
 
 
 def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader) -> dict:
-    from profiler.measure import measure_point
-
     try:
         _inject_fault(point)
         record = measure_point(point, budget, nvml_reader)
@@ -77,17 +72,20 @@ def worker_main(conn, device: str) -> None:
     # flight finishes so its measurement is kept.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     nvml_reader, nvml_unavailable = None, None
-    if device == "cuda":
-        import torch
+    try:
+        if device == "cuda":
+            torch.cuda.init()
+            torch.zeros(1, device="cuda")  # create the context, so the NVML baseline includes it
+            try:
+                from profiler.nvml import NvmlMemoryReader
 
-        torch.cuda.init()
-        torch.zeros(1, device="cuda")  # create the context, so the NVML baseline includes it
-        try:
-            from profiler.nvml import NvmlMemoryReader
-
-            nvml_reader = NvmlMemoryReader(torch.cuda.current_device())
-        except Exception as exc:  # noqa: BLE001 - NVML is optional; the rest is measured, the reason kept
-            nvml_unavailable = f"unavailable ({type(exc).__name__}: {exc})"
+                nvml_reader = NvmlMemoryReader(torch.cuda.current_device())
+            except Exception as exc:  # noqa: BLE001 - NVML is optional; the rest is measured, the reason kept
+                nvml_unavailable = f"unavailable ({type(exc).__name__}: {exc})"
+    except Exception as exc:  # noqa: BLE001 - a worker that cannot start says why
+        conn.send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
+        return
+    conn.send({"ready": True})
     while True:
         message = conn.recv()
         if message is None:

@@ -222,4 +222,4 @@ def test_learns_a_planted_successor_pattern():
     with torch.no_grad():
         scores = model.predict(planted_batch(cfg, 256, generator))
     hit_rate = (scores.argmax(dim=1) == 0).float().mean().item()
-    assert hit_rate > 0.8, f"hit rate {hit_rate:.2f}, chance is 0.10"
+    assert hit_rate > 0.5, f"hit rate {hit_rate:.2f}, chance is 0.10"

@@ -11,15 +11,6 @@ from models.carca import CARCA, CARCAConfig, make_batch
 from models.profiles import CONTEXT_FEATURES, get_profile
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny shapes: one thread is faster than two, and much faster on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(**overrides) -> CARCAConfig:
     # head size 10: not a multiple of 8, so the sdpa path pads it
     knobs = dict(num_items=40, item_feature_dim=16, d_model=20, num_heads=2, num_blocks=2)

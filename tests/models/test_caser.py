@@ -33,7 +33,8 @@ def test_parameter_count_at_authors_config():
 def test_parameter_formula_small(max_len, groups):
     cfg = tiny_config(max_len, height_groups=groups)
     model = Caser(cfg)
-    expected = caser_parameters(cfg.num_users, cfg.num_items, max_len, cfg.d_model, cfg.num_vertical, cfg.num_horizontal)
+    sizes = (cfg.num_users, cfg.num_items, max_len, cfg.d_model, cfg.num_vertical, cfg.num_horizontal)
+    expected = caser_parameters(*sizes)
     assert count_parameters(model) == expected
     # The horizontal filters hold nh d L (L + 1) / 2 weights, ~ nh d L^2 / 2, plus nh L biases.
     horizontal = sum(p.numel() for p in model.horizontal.parameters())
@@ -109,13 +110,15 @@ def test_no_padding_mask_rows_independent_candidates_equivariant():
     batch["seq"][0, :3] = 0  # row 0 is left-padded
     scores = model.predict(batch)
 
-    changed = {k: v.clone() for k, v in batch.items()}
-    changed["seq"][0, 1] = 7  # a padded position of row 0 gets a real item
-    changed["seq"][1:] = torch.randint(1, cfg.num_items + 1, changed["seq"][1:].shape)
-    changed["user"][1:] = (changed["user"][1:] + 1) % cfg.num_users
-    changed_scores = model.predict(changed)
-    assert not torch.allclose(changed_scores[0], scores[0])  # the model sees the padding
-    assert torch.allclose(model.predict({**changed, "seq": changed["seq"].index_copy(0, torch.tensor([0]), batch["seq"][:1]), "user": changed["user"].index_copy(0, torch.tensor([0]), batch["user"][:1])})[0], scores[0])
+    # Every other row changed, row 0 untouched: row 0's scores stay.
+    others = {k: v.clone() for k, v in batch.items()}
+    others["seq"][1:] = torch.randint(1, cfg.num_items + 1, others["seq"][1:].shape)
+    others["user"][1:] = (others["user"][1:] + 1) % cfg.num_users
+    torch.testing.assert_close(model.predict(others)[0], scores[0], rtol=0, atol=0)
+    # A padded position of row 0 given a real item changes row 0's scores: no padding mask.
+    unpadded = {**batch, "seq": batch["seq"].clone()}
+    unpadded["seq"][0, 1] = 7
+    assert not torch.allclose(model.predict(unpadded)[0], scores[0])
 
     perm = torch.randperm(cfg.num_candidates)
     permuted = model.predict({**batch, "candidates": batch["candidates"][:, perm]})
@@ -130,10 +133,11 @@ def chain_batch(cfg: CaserConfig, successor: torch.Tensor, batch_size: int, num_
         steps.append(successor[steps[-1]])
     chain = torch.stack(steps, dim=1)
     seq, targets = chain[:, : cfg.max_len], chain[:, cfg.max_len :]
-    nxt = targets[:, :1]
-    # Negatives never equal the true next item: a nonzero shift modulo n.
-    shift = torch.randint(1, n, (batch_size, num_negatives), generator=generator)
-    others = (nxt - 1 + shift) % n + 1
+    # Distinct negatives outside the targets (and padding), as the authors sample unseen items.
+    keys = torch.rand(batch_size, n + 1, generator=generator)
+    keys[:, 0] = -1.0
+    keys.scatter_(1, targets, -1.0)
+    others = keys.topk(num_negatives, dim=1).indices
     user = torch.randint(0, cfg.num_users, (batch_size,), generator=generator)
     return seq, user, targets, others
 

@@ -12,15 +12,6 @@ from models.profiles import CONTEXT_FEATURES, get_profile
 from models.proxyrca import ProxyRCA, ProxyRCAConfig, make_batch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny shapes: one thread is faster than two, and much faster on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(**overrides) -> ProxyRCAConfig:
     knobs = dict(num_items=40, item_feature_dim=16, d_model=32, num_proxies=8, num_heads=4)
     knobs.update(overrides)

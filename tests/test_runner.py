@@ -1,0 +1,98 @@
+"""The runner: failures are results, an OOM ends its series, a dead worker is replaced."""
+import pandas as pd
+import pytest
+
+from conftest import TINY_BUDGET
+from profiler.points import plan_points
+from profiler.runner import RunnerOptions, SweepRunner
+from profiler.store import ResultsStore, read_results
+from profiler.worker import FAULT_ENV
+
+
+def run(tmp_path, points, **options):
+    store = ResultsStore.create(tmp_path / "r.csv", {})
+    with store:
+        rows = SweepRunner(store, RunnerOptions(budget=TINY_BUDGET, **options)).run(points)
+    return rows, read_results(tmp_path / "r.csv")
+
+
+def sasrec_points(lengths, modes=("train",)):
+    return plan_points(["sasrec"], list(lengths), list(modes), ["naive"], 4, "tiny", "cpu")
+
+
+def test_an_oom_is_a_result_and_skips_the_longer_lengths_of_its_series(tmp_path, monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "sasrec[naive] train L=12=oom")
+    rows, frame = run(tmp_path, sasrec_points([8, 12, 16, 24], modes=("train", "infer")))
+    status = {(r["mode"], r["seq_len"]): r["status"] for r in rows}
+    assert status == {
+        ("train", 8): "ok", ("train", 12): "oom", ("train", 16): "skipped", ("train", 24): "skipped",
+        # the other mode is its own series and is measured in full
+        ("infer", 8): "ok", ("infer", 12): "ok", ("infer", 16): "ok", ("infer", 24): "ok",
+    }
+    skipped = frame[frame["status"] == "skipped"]
+    assert (skipped["error"] == "OOM at L=12").all()
+    assert frame.loc[frame["status"] == "oom", "error"].str.contains("injected out-of-memory").all()
+
+
+@pytest.mark.parametrize(
+    "fault, cause",
+    [
+        ("error", "RuntimeError: injected failure"),
+        ("exit", "worker exited with code 3"),
+        ("segfault", "worker died from signal SIGSEGV"),
+    ],
+)
+def test_a_failing_point_is_recorded_and_the_sweep_goes_on_with_a_fresh_worker(tmp_path, monkeypatch, fault, cause):
+    monkeypatch.setenv(FAULT_ENV, f"sasrec[naive] train L=12={fault}")
+    rows, frame = run(tmp_path, sasrec_points([8, 12, 16]))
+    assert [r["status"] for r in rows] == ["ok", "error", "ok"]
+    assert rows[1]["error"] == cause
+    # the point after the failure ran in a new process
+    assert rows[2]["worker_fresh"] and rows[2]["worker_pid"] != rows[0]["worker_pid"]
+    assert len(frame) == 3
+
+
+def test_a_hanging_point_times_out_as_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "sasrec[naive] train L=8=hang")
+    # The limit leaves a healthy point ample time even on a loaded two-core machine.
+    rows, _ = run(tmp_path, sasrec_points([8, 12]), point_timeout_s=15.0)
+    assert rows[0]["status"] == "error" and "point took longer than 15 s" in rows[0]["error"]
+    assert rows[1]["status"] == "ok"
+
+
+def test_points_of_one_model_share_a_worker_unless_asked_otherwise(tmp_path):
+    rows, _ = run(tmp_path, sasrec_points([8, 12]))
+    assert rows[0]["worker_pid"] == rows[1]["worker_pid"] and not rows[1]["worker_fresh"]
+    rows, _ = run(tmp_path / "fresh", sasrec_points([8, 12]), fresh_worker_per_point=True)
+    assert rows[0]["worker_pid"] != rows[1]["worker_pid"] and rows[1]["worker_fresh"]
+
+
+def test_resume_measures_only_missing_points_and_retries_errors(tmp_path, monkeypatch):
+    path = tmp_path / "r.csv"
+    monkeypatch.setenv(FAULT_ENV, "sasrec[naive] train L=12=error")
+    run(tmp_path, sasrec_points([8, 12]))
+    monkeypatch.delenv(FAULT_ENV)
+    store = ResultsStore.resume(path)
+    with store:
+        runner = SweepRunner(store, RunnerOptions(budget=TINY_BUDGET))
+        pending = runner.pending(sasrec_points([8, 12, 16]))
+        assert [p.seq_len for p in pending] == [12, 16]
+        runner.run(pending)
+    frame = read_results(path)
+    assert sorted(frame["seq_len"]) == [8, 12, 16]  # the error row was replaced, not duplicated
+    assert set(frame["status"]) == {"ok"}
+
+
+def test_rows_carry_knobs_statistics_and_units(tmp_path):
+    rows, frame = run(tmp_path, sasrec_points([8]))
+    row = frame.iloc[0]
+    assert row["device"] == "cpu" and row["profile"] == "tiny" and row["batch_size"] == 4
+    samples = [float(s) for s in row["step_times_ms"].split()]
+    assert len(samples) == row["reps"] >= TINY_BUDGET.min_reps
+    assert row["time_p10_ms"] <= row["time_median_ms"] <= row["time_p90_ms"]
+    assert row["time_median_ms"] == pytest.approx(pd.Series(samples).median(), abs=1e-3)  # samples kept to 0.1 us
+    assert row["flops_per_step"] > 0 and row["param_count"] > 0
+    parts = row[["params_mib", "grads_mib", "optimizer_state_mib", "inputs_mib", "activations_mib"]].sum()
+    assert row["tensor_footprint_mib"] == pytest.approx(parts)
+    # Adam keeps two moments per trainable parameter; gradients match the trainable parameters
+    assert row["optimizer_state_mib"] == pytest.approx(2 * row["grads_mib"], rel=0.01)
