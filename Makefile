@@ -20,7 +20,7 @@ $(INSTALLED): pyproject.toml
 	touch $(INSTALLED)
 
 sweep: $(INSTALLED)
-	$(SEQPROF) sweep --mode both --attention naive,sdpa $(SWEEP_ARGS)
+	$(SEQPROF) sweep $(SWEEP_ARGS)
 
 test: $(INSTALLED)
 	$(PYTHON) -m pytest -q

@@ -113,3 +113,10 @@ def left_padded_lengths_mask(batch_size: int, seq_len: int, device, generator) -
     lengths = torch.where(padded_rows, short, lengths)
     positions = torch.arange(seq_len, device=device)
     return positions.unsqueeze(0) >= (seq_len - lengths).unsqueeze(1)
+
+
+def fused_on_cuda(model: nn.Module) -> dict:
+    """Optimizer keywords: on CUDA, Adam/AdamW's fused kernel, the same update in a few launches
+    instead of several per parameter tensor (the authors' code runs the per-tensor loop)."""
+    first = next(model.parameters(), None)
+    return {"fused": True} if first is not None and first.is_cuda else {}

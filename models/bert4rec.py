@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention import MultiHeadAttention
-from models.base import Batch, left_padded_lengths_mask, random_items
+from models.base import Batch, fused_on_cuda, left_padded_lengths_mask, random_items
 
 
 @dataclass
@@ -157,7 +157,7 @@ class BERT4Rec(nn.Module):
             {"params": decay, "weight_decay": self.cfg.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas, eps=self.cfg.eps)
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas, eps=self.cfg.eps, **fused_on_cuda(self))
 
 
 def make_batch(cfg: BERT4RecConfig, batch_size: int, seq_len: int, device, generator) -> Batch:

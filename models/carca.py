@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention import attention
-from models.base import ATTENTION_BACKENDS, Batch, frozen_feature_table, random_items
+from models.base import ATTENTION_BACKENDS, Batch, frozen_feature_table, fused_on_cuda, random_items
 from models import item_context
 from models.profiles import CONTEXT_FEATURES
 
@@ -207,4 +207,4 @@ class CARCA(nn.Module):
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.cfg.lr, betas=self.cfg.betas)
+        return torch.optim.Adam(params, lr=self.cfg.lr, betas=self.cfg.betas, **fused_on_cuda(self))

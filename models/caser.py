@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Batch, left_padded_lengths_mask, random_items
+from models.base import Batch, fused_on_cuda, left_padded_lengths_mask, random_items
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "identity": lambda x: x,
@@ -206,7 +206,7 @@ class Caser(nn.Module):
         return self.score(self.encode(batch), batch["candidates"])  # (B, C)
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        return torch.optim.Adam(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, **fused_on_cuda(self))
 
 
 def make_batch(cfg: CaserConfig, batch_size: int, seq_len: int, device, generator) -> Batch:

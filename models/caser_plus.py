@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Batch, left_padded_lengths_mask, random_items
+from models.base import Batch, fused_on_cuda, left_padded_lengths_mask, random_items
 from models.caser import HorizontalConvolutions, get_activation
 
 
@@ -114,7 +114,7 @@ class CaserPlus(nn.Module):
         return self.score(x, batch["candidates"])  # (B, C)
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.cfg.lr)
+        return torch.optim.Adam(self.parameters(), lr=self.cfg.lr, **fused_on_cuda(self))
 
 
 def make_batch(cfg: CaserPlusConfig, batch_size: int, seq_len: int, device, generator) -> Batch:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Batch, frozen_feature_table, left_padded_lengths_mask, random_items
+from models.base import Batch, frozen_feature_table, fused_on_cuda, left_padded_lengths_mask, random_items
 from models.profiles import CONTEXT_FEATURES
 
 TIME_FEATURES = 3  # year, month, day: the context columns whose differences are the intervals
@@ -192,7 +192,7 @@ class HierarchicalConvRec(nn.Module):
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.cfg.lr, betas=self.cfg.betas, weight_decay=self.cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=self.cfg.lr, betas=self.cfg.betas, weight_decay=self.cfg.weight_decay, **fused_on_cuda(self))
 
 
 def synthetic_context(days: torch.Tensor, num_years: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.base import fused_on_cuda
 from models.next_item import NextItemModel, PointWiseFeedForward
 from models.next_item import make_batch as make_batch  # same inputs as SASRec: next item + negative
 
@@ -79,4 +80,4 @@ class LightweightConvRec(NextItemModel):
         self.blocks.extend(LightweightConvBlock(cfg) for _ in range(cfg.num_blocks))
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=self.cfg.lr)
+        return torch.optim.AdamW(self.parameters(), lr=self.cfg.lr, **fused_on_cuda(self))

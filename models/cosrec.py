@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Batch, left_padded_lengths_mask, random_items
+from models.base import Batch, fused_on_cuda, left_padded_lengths_mask, random_items
 from models.next_item import make_batch as next_item_batch
 
 
@@ -187,7 +187,7 @@ class CosRec(nn.Module):
         return self.score(self.represent(batch), batch["candidates"])  # (B, C)
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        return torch.optim.Adam(self.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, **fused_on_cuda(self))
 
 
 class CosRecPlus(nn.Module):
@@ -231,7 +231,7 @@ class CosRecPlus(nn.Module):
         return self.score(self.encode(batch)[:, -1], batch["candidates"])  # (B, C)
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.cfg.lr)
+        return torch.optim.Adam(self.parameters(), lr=self.cfg.lr, **fused_on_cuda(self))
 
 
 def make_batch(cfg: CosRecConfig, batch_size: int, seq_len: int, device, generator) -> Batch:

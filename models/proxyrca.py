@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention import MultiHeadAttention
-from models.base import Batch, frozen_feature_table
+from models.base import Batch, frozen_feature_table, fused_on_cuda
 from models.item_context import make_candidate_batch
 from models.profiles import CONTEXT_FEATURES
 
@@ -182,4 +182,4 @@ class ProxyRCA(nn.Module):
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.cfg.lr, betas=self.cfg.betas, weight_decay=self.cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=self.cfg.lr, betas=self.cfg.betas, weight_decay=self.cfg.weight_decay, **fused_on_cuda(self))

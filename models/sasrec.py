@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.base import fused_on_cuda
 from models.attention import MultiHeadAttention
 from models.next_item import NextItemModel, PointWiseFeedForward
 from models.next_item import make_batch as make_batch
@@ -51,4 +52,4 @@ class SASRec(NextItemModel):
         self.blocks.extend(SASRecBlock(cfg) for _ in range(cfg.num_blocks))
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.cfg.lr, betas=self.cfg.betas)
+        return torch.optim.Adam(self.parameters(), lr=self.cfg.lr, betas=self.cfg.betas, **fused_on_cuda(self))

@@ -19,6 +19,10 @@ def seqprof_version() -> str:
 
 
 def git_commit() -> str:
+    """The checkout's commit (with -dirty for uncommitted changes); copies of the tree without git
+    history say which commit they are through SEQPROF_GIT_COMMIT."""
+    if os.environ.get("SEQPROF_GIT_COMMIT"):
+        return os.environ["SEQPROF_GIT_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5, check=True

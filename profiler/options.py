@@ -68,11 +68,11 @@ def parse_profile(value: str | None) -> str | None:
     return _choice(value, sorted(PROFILES), "profile")
 
 
-def parse_device(value: str) -> str:
+def parse_device(value: str | None) -> str | None:
     return _choice(value, DEVICES, "device")
 
 
-def parse_mode(value: str) -> str:
+def parse_mode(value: str | None) -> str | None:
     return _choice(value, MODE_CHOICES, "mode")
 
 

@@ -45,8 +45,10 @@ class Worker:
         ctx = multiprocessing.get_context("spawn")  # fork would copy the parent's CUDA state
         self._conn, child_conn = ctx.Pipe()
         self.process = ctx.Process(target=worker_main, args=(child_conn, device), daemon=True)
+        self._spawned_at = time.perf_counter()
         self.process.start()
         child_conn.close()
+        self.start_s: float | None = None  # spawn to ready: imports, CUDA context, NVML
         self.points_measured = 0
         self._ready = False
 
@@ -72,6 +74,7 @@ class Worker:
         if not hello.get("ready"):
             raise WorkerDied(f"worker failed to start: {hello.get('error')}")
         self._ready = True
+        self.start_s = time.perf_counter() - self._spawned_at
 
     def measure(self, point: PointSpec, budget: MeasurementBudget, timeout_s: float) -> dict:
         self._wait_until_ready()
@@ -164,13 +167,16 @@ class SweepRunner:
         if self._worker is None or group != self._worker_group or self.options.fresh_worker_per_point:
             self._retire_worker()
             self._worker, self._worker_group = Worker(point.device), group
-        fresh = self._worker.points_measured == 0
+        worker = self._worker
+        fresh = worker.points_measured == 0
         started = time.perf_counter()
         try:
-            record = self._worker.measure(point, self.options.budget, self.options.point_timeout_s)
+            record = worker.measure(point, self.options.budget, self.options.point_timeout_s)
         except (WorkerDied, WorkerTimedOut) as exc:
             record = {"status": "error", "error": str(exc)}
         record["worker_fresh"] = fresh
+        if fresh:
+            record["worker_start_s"] = worker.start_s
         if record["status"] != "ok":
             self._retire_worker()  # a fresh process for whatever comes next
         return self._row(point, record, time.perf_counter() - started)

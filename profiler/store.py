@@ -31,10 +31,12 @@ COLUMNS = [
     # size and work
     "param_count", "trainable_param_count", "flops_per_step", "achieved_tflops",
     # bookkeeping
-    "point_wall_s", "measured_wall_s", "worker_pid", "worker_fresh", "finished_at",
+    "point_wall_s", "measured_wall_s", "worker_pid", "worker_fresh", "worker_start_s", "finished_at",
     # raw samples, last because they are long
     "step_times_ms",
 ]
+# A file must have these to be read; later-added columns are optional and read as empty.
+REQUIRED_COLUMNS = KEY_COLUMNS + ["status", "error", "time_median_ms", "tensor_footprint_mib", "peak_allocated_mib"]
 STATUSES = ("ok", "oom", "skipped", "error")
 
 
@@ -60,10 +62,11 @@ def read_results(path: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ResultsFileError(f"results file {path} is corrupted: {reason}") from None
-    missing = [c for c in COLUMNS if c not in frame.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
         raise ResultsFileError(f"results file {path} is not a seqprof results file (missing columns: {shown})")
+    frame = frame.reindex(columns=list(dict.fromkeys(COLUMNS + list(frame.columns))))
     bad_status = sorted(set(frame["status"].dropna()) - set(STATUSES))
     if bad_status or frame["status"].isna().any():
         raise ResultsFileError(f"results file {path} is corrupted: unknown or missing status values {bad_status}")

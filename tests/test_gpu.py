@@ -1,0 +1,89 @@
+"""GPU behaviour of the harness and the models; skipped without a CUDA GPU (CI has none).
+
+Run on a GPU machine with `pytest tests/test_gpu.py`. Each test measures real points through the
+runner, in worker processes, as a sweep does.
+"""
+import pytest
+import torch
+
+from models.profiles import get_profile
+from models.registry import REGISTRY
+from profiler.points import MeasurementBudget, plan_points
+from profiler.runner import RunnerOptions, SweepRunner
+from profiler.store import ResultsStore
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; the CPU tests cover the rest"),
+]
+BUDGET = MeasurementBudget(warmup_steps=3, time_budget_s=0.3, min_reps=5, max_reps=20)
+
+
+def measure(tmp_path, points, name="r.csv", **options) -> list[dict]:
+    store = ResultsStore.create(tmp_path / name, {})
+    with store:
+        return SweepRunner(store, RunnerOptions(budget=BUDGET, **options)).run(points)
+
+
+def cuda_points(model, lengths, mode="train", attention="naive", batch_size=128, profile=None):
+    return plan_points([model], lengths, [mode], [attention], batch_size, profile, "cuda")
+
+
+def test_a_point_in_a_reused_worker_matches_the_same_point_in_a_fresh_process(tmp_path):
+    points = cuda_points("sasrec", [200, 500]) + cuda_points("sasrec", [300], mode="infer")
+    reused = measure(tmp_path, points)
+    fresh = measure(tmp_path, points, name="fresh.csv", fresh_worker_per_point=True)
+    assert not reused[1]["worker_fresh"] and fresh[1]["worker_fresh"]
+    for a, b in zip(reused, fresh):
+        assert a["status"] == b["status"] == "ok"
+        assert a["peak_allocated_mib"] == pytest.approx(b["peak_allocated_mib"], rel=0.02)
+        assert a["nvml_peak_mib"] == pytest.approx(b["nvml_peak_mib"], rel=0.02)
+
+
+def test_the_point_after_an_oom_matches_the_same_point_measured_alone(tmp_path):
+    # SASRec-naive at L = 40,000 needs (128, 1, L, L) fp32 scores: ~760 GiB, far past any GPU.
+    points = cuda_points("sasrec", [400, 40_000, 50_000]) + cuda_points("sasrec", [400], mode="infer")
+    rows = measure(tmp_path, points)
+    assert [r["status"] for r in rows] == ["ok", "oom", "skipped", "ok"]
+    alone = measure(tmp_path, cuda_points("sasrec", [400], mode="infer"), name="alone.csv")[0]
+    assert rows[3]["peak_allocated_mib"] == pytest.approx(alone["peak_allocated_mib"], rel=0.02)
+    assert rows[3]["nvml_peak_mib"] == pytest.approx(alone["nvml_peak_mib"], rel=0.02)
+
+
+def _growth(rows, column):
+    """Second difference ratio: (y(4L) - y(2L)) / (y(2L) - y(L)); 2 for linear, 4 for quadratic."""
+    a, b, c = (r[column] for r in rows)
+    return (c - b) / (b - a)
+
+
+def test_sdpa_memory_grows_linearly_and_naive_quadratically_on_cuda(tmp_path):
+    naive = measure(tmp_path, cuda_points("sasrec", [512, 1024, 2048]))
+    sdpa = measure(tmp_path, cuda_points("sasrec", [512, 1024, 2048], attention="sdpa"), name="sdpa.csv")
+    assert _growth(naive, "peak_allocated_mib") > 3.3
+    assert _growth(sdpa, "peak_allocated_mib") < 2.5
+    assert _growth(sdpa, "tensor_footprint_mib") < 2.5  # the flash kernel saves O(L) on CUDA
+
+
+def test_tensor_footprint_is_the_same_on_cuda_and_cpu(tmp_path):
+    for model in ("convrec-light", "sasrec"):
+        cuda = measure(tmp_path, cuda_points(model, [64], batch_size=8, profile="tiny"), name=f"{model}-cuda.csv")[0]
+        cpu_points = plan_points([model], [64], ["train"], ["naive"], 8, "tiny", "cpu")
+        cpu = measure(tmp_path, cpu_points, name=f"{model}-cpu.csv")[0]
+        assert cuda["tensor_footprint_mib"] == pytest.approx(cpu["tensor_footprint_mib"], rel=0.05)
+        assert cuda["flops_per_step"] == cpu["flops_per_step"]
+
+
+@pytest.mark.parametrize("name", [n for n, s in REGISTRY.items() if s.has_attention_backend])
+def test_naive_and_sdpa_agree_on_cuda(name):
+    spec = REGISTRY[name]
+    torch.backends.cuda.matmul.allow_tf32 = False
+    outputs = {}
+    for backend in ("naive", "sdpa"):
+        config = spec.build_config(get_profile("tiny"), 64, backend)
+        torch.manual_seed(0)
+        model = spec.build(config).cuda().eval()
+        batch = spec.make_batch(config, 16, 64, "cuda", torch.Generator("cuda").manual_seed(0))
+        with torch.inference_mode():
+            outputs[backend] = (model(batch), model.predict(batch))
+    for a, b in zip(outputs["naive"], outputs["sdpa"]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
