@@ -14,6 +14,34 @@ from torch import nn
 from models.base import ATTENTION_BACKENDS
 
 
+# The fused kernels (flash, memory-efficient) need a head size that is a multiple of 8; for any
+# other size PyTorch silently falls back to the math kernel, which materialises (B, h, Lq, Lk).
+FUSED_HEAD_MULTIPLE = 8
+
+
+def _fused_attention(q, k, v, *, causal: bool, key_padding_mask, dropout_p: float) -> torch.Tensor:
+    """scaled_dot_product_attention, with the head size padded to a multiple of 8 when needed.
+
+    Zero columns in q and k leave q k^T unchanged and zero columns in v only add output columns,
+    which are dropped; the scale stays 1 / sqrt(true head size). SASRec (d 50, 1 head) and CARCA
+    (d 90) would otherwise never reach a fused kernel.
+    """
+    head_dim = q.shape[-1]
+    pad = -head_dim % FUSED_HEAD_MULTIPLE
+    if pad:
+        q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
+    mask = None
+    if key_padding_mask is not None:
+        mask = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Lk), True = attend
+        if causal:
+            lq, lk = q.shape[-2], k.shape[-2]
+            mask = mask & torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal and mask is None, scale=head_dim**-0.5
+    )
+    return out[..., :head_dim] if pad else out
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -29,15 +57,7 @@ def attention(
     q: (B, h, Lq, dh); k, v: (B, h, Lk, dh); key_padding_mask: (B, Lk), True where the key is padding.
     """
     if backend == "sdpa":
-        mask = None
-        if key_padding_mask is not None:
-            mask = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Lk), True = attend
-            if causal:
-                lq, lk = q.shape[-2], k.shape[-2]
-                mask = mask & torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal and mask is None
-        )
+        return _fused_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
     if backend != "naive":
         raise ValueError(f"Unknown attention backend {backend!r}; choose from {list(ATTENTION_BACKENDS)}")
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, h, Lq, Lk)

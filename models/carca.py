@@ -63,24 +63,6 @@ def make_batch(cfg: CARCAConfig, batch_size: int, seq_len: int, device, generato
     }
 
 
-def aligned_attention(q, k, v, *, backend: str, key_padding_mask: torch.Tensor, dropout_p: float) -> torch.Tensor:
-    """``attention`` with the head size padded to a multiple of 8 for the fused kernels.
-
-    CARCA's heads are 90 (d 90, 1 head) or 130 wide; the flash and memory-efficient kernels need a
-    multiple of 8 (4 in fp32) and otherwise fall back to the math kernel, which materialises
-    (B, h, Lq, Lk). Zero columns leave q k^T unchanged and only add output columns, which are
-    dropped; q is rescaled so the softmax still divides by sqrt(true head size).
-    """
-    head_dim = q.shape[-1]
-    pad = -head_dim % 8
-    if backend != "sdpa" or pad == 0:
-        return attention(q, k, v, backend=backend, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
-    q = F.pad(q * math.sqrt((head_dim + pad) / head_dim), (0, pad))
-    k, v = F.pad(k, (0, pad)), F.pad(v, (0, pad))
-    out = attention(q, k, v, backend=backend, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
-    return out[..., :head_dim]
-
-
 class CARCAAttention(nn.Module):
     """Q, K, V = LeakyReLU(Linear(.)); no output projection; optionally times the query."""
 
@@ -107,7 +89,7 @@ class CARCAAttention(nn.Module):
         k = self._heads(self.k_proj(key_value))
         v = self._heads(self.v_proj(key_value))
         dropout_p = self.cfg.dropout if self.training else 0.0
-        out = aligned_attention(q, k, v, backend=self.cfg.attention, key_padding_mask=padding, dropout_p=dropout_p)
+        out = attention(q, k, v, backend=self.cfg.attention, key_padding_mask=padding, dropout_p=dropout_p)
         b, _, lq, _ = out.shape
         out = out.transpose(1, 2).reshape(b, lq, -1)  # (B, Lq, d)
         return out * query if self.residual else out  # CARCA's multiplicative "residual"

@@ -40,7 +40,7 @@ def fail(message: str) -> None:
 def sweep(
     lengths: Annotated[Optional[str], typer.Option(callback=options.parse_lengths, help="Sequence lengths, e.g. 50,200,500 [GPU: 50..900 step 100; CPU: 25,50,100].")] = None,
     models: Annotated[Optional[str], typer.Option(callback=options.parse_models, help="Models, comma-separated [all].")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Batch size [GPU: 128; CPU: 16].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Batch size [GPU: 128; CPU: 8].")] = None,
     mode: Annotated[Optional[str], typer.Option(callback=options.parse_mode, help="train, infer or both [GPU: both; CPU: train].")] = None,
     device: Annotated[str, typer.Option(callback=options.parse_device, help="auto, cuda or cpu; auto picks CUDA when present.")] = "auto",
     attention: Annotated[Optional[str], typer.Option(callback=options.parse_attention, help="Attention backends of attention models: naive (materialised, as the authors), sdpa (fused), or naive,sdpa [GPU: naive,sdpa; CPU: naive].")] = None,
@@ -50,7 +50,7 @@ def sweep(
     time_budget_s: Annotated[Optional[float], typer.Option(min=0.0, help="Measured time per point; repetitions fill it [GPU 2.0, CPU 0.3].")] = None,
     min_reps: Annotated[Optional[int], typer.Option(min=1, help="Fewest timed repetitions per point [GPU 5, CPU 3].")] = None,
     max_reps: Annotated[Optional[int], typer.Option(min=1, help="Most timed repetitions per point [GPU 100, CPU 20].")] = None,
-    warmup: Annotated[Optional[int], typer.Option(min=0, help="Warm-up steps before timing [3].")] = None,
+    warmup: Annotated[Optional[int], typer.Option(min=0, help="Warm-up steps before timing, after the two probe steps [GPU 3, CPU 1].")] = None,
     point_timeout_s: Annotated[float, typer.Option(min=1.0, help="A point running longer is recorded as an error.")] = 900.0,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and synthetic batches.")] = 0,
     fresh_worker_per_point: Annotated[bool, typer.Option(help="A new worker process for every point (default: one per model variant).")] = False,

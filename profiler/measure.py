@@ -4,6 +4,7 @@ Returns a flat record (column -> value) for the results table. Runs inside a wor
 out-of-memory error propagates to the worker, which records it as a result.
 """
 import contextlib
+import dataclasses
 import gc
 import time
 
@@ -19,6 +20,8 @@ from profiler.points import NO_ATTENTION, MeasurementBudget, PointSpec
 from profiler.timing import TimingStats, time_steps
 
 MIB = 2**20
+PRIME_LENGTH = 16
+PRIME_BATCH = 8
 
 
 def _synchronize(device: str) -> None:
@@ -30,6 +33,32 @@ def _count_flops(step) -> int:
     with FlopCounterMode(display=False) as counter:
         step()
     return counter.get_total_flops()
+
+
+def prime_process(point: PointSpec) -> None:
+    """Runs a small training step and a prediction of the point's model and frees them again.
+
+    CUDA loads kernels and creates library handles lazily, on first use, and keeps them for the
+    life of the process (a few hundred MiB that NVML counts). A worker's first point would
+    otherwise pay for them inside its measurement and later points would not; primed, every point
+    starts from the same state, whether its worker is fresh or reused.
+    """
+    small = dataclasses.replace(
+        point, seq_len=min(point.seq_len, PRIME_LENGTH), batch_size=min(point.batch_size, PRIME_BATCH)
+    )
+    spec = get_spec(small.model)
+    attention = None if small.attention == NO_ATTENTION else small.attention
+    config = spec.build_config(get_profile(small.profile), small.seq_len, attention)
+    model = spec.build(config).to(small.device)
+    generator = torch.Generator(device=small.device).manual_seed(small.seed)
+    batch = spec.make_batch(config, small.batch_size, small.seq_len, small.device, generator)
+    optimizer = model.configure_optimizer()
+    model(batch).backward()
+    optimizer.step()
+    model.eval()
+    with torch.inference_mode():
+        model.predict(batch)
+    _synchronize(small.device)
 
 
 def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None) -> dict:
@@ -88,8 +117,6 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None)
         for _ in range(budget.warmup_steps):
             step()
         _synchronize(device)
-        # One timed step sizes the repetition count to the budget.
-        reps = budget.reps_for(time_steps(step, 1, device)[0] / 1e3)
 
     gc.collect()
     if device == "cuda":
@@ -97,7 +124,8 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None)
     gc.disable()  # a collection pause inside the timed loop would land in one sample at random
     try:
         wall_start = time.perf_counter()
-        samples_ms = time_steps(step, reps, device)
+        samples_ms = time_steps(step, 1, device)  # the first sample also sizes the repetition count
+        samples_ms += time_steps(step, budget.reps_for(samples_ms[0] / 1e3) - 1, device)
         record["measured_wall_s"] = time.perf_counter() - wall_start
     finally:
         gc.enable()

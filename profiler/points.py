@@ -16,7 +16,11 @@ NO_ATTENTION = "none"  # the attention knob of models without attention layers
 
 @dataclass(frozen=True)
 class MeasurementBudget:
-    """How long a point is measured: enough repetitions to fill the time budget, within bounds."""
+    """How long a point is measured: enough repetitions to fill the time budget, within bounds.
+
+    Before the warm-up steps, two full steps run under the footprint and FLOP probes; they warm up
+    too, so a point runs at least ``warmup_steps + 2`` untimed steps.
+    """
 
     warmup_steps: int = 3
     time_budget_s: float = 2.0

@@ -36,10 +36,10 @@ GPU_DEFAULTS = DeviceDefaults(
 )
 CPU_DEFAULTS = DeviceDefaults(
     lengths=(25, 50, 100),
-    batch_size=16,
+    batch_size=8,
     modes=("train",),
     attentions=("naive",),
-    budget=MeasurementBudget(warmup_steps=3, time_budget_s=0.3, min_reps=3, max_reps=20),
+    budget=MeasurementBudget(warmup_steps=1, time_budget_s=0.3, min_reps=3, max_reps=20),
 )
 
 

@@ -11,7 +11,7 @@ import traceback
 
 import torch
 
-from profiler.measure import measure_point
+from profiler.measure import measure_point, prime_process
 from profiler.points import MeasurementBudget, PointSpec
 
 # Tests set this to make a worker fail on purpose at one point: "<point label>=<fault>", the fault
@@ -49,9 +49,12 @@ def _release_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader) -> dict:
+def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, prime: bool) -> dict:
     try:
         _inject_fault(point)
+        if prime:
+            prime_process(point)
+            _release_memory(point.device)
         record = measure_point(point, budget, nvml_reader)
         record["status"] = "ok"
     except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded result
@@ -85,14 +88,18 @@ def worker_main(conn, device: str) -> None:
     except Exception as exc:  # noqa: BLE001 - a worker that cannot start says why
         conn.send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
         return
+    if os.environ.get("SEQPROF_PIN_CPU"):
+        os.sched_setaffinity(0, {int(os.environ["SEQPROF_PIN_CPU"])})
     conn.send({"ready": True})
+    primed = device != "cuda"  # lazy kernel loading is a CUDA matter
     while True:
         message = conn.recv()
         if message is None:
             break
         point = PointSpec(**message["point"])
         budget = MeasurementBudget(**message["budget"])
-        record = measure_safely(point, budget, nvml_reader)
+        record = measure_safely(point, budget, nvml_reader, prime=not primed)
+        primed = True
         if nvml_unavailable:
             record["nvml_source"] = nvml_unavailable
         conn.send(record)

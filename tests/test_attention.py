@@ -1,0 +1,50 @@
+"""The two attention backends: one function, different memory."""
+import pytest
+import torch
+
+from models.attention import attention
+from profiler.footprint import SavedTensorsCounter
+
+
+def inputs(seq_len: int, head_dim: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, 3, seq_len, head_dim, generator=g, requires_grad=True) for _ in range(3)]
+
+
+@pytest.mark.parametrize("head_dim", [8, 50, 90])  # 50 and 90 are padded for the fused kernels
+@pytest.mark.parametrize("causal, padded", [(True, False), (False, True), (False, False)])
+def test_sdpa_equals_naive_with_and_without_masks(head_dim, causal, padded):
+    q, k, v = inputs(17, head_dim)
+    mask = None
+    if padded:
+        mask = torch.zeros(2, 17, dtype=torch.bool)
+        mask[1, :5] = True  # left padding in the second row
+    naive = attention(q, k, v, backend="naive", causal=causal, key_padding_mask=mask)
+    fused = attention(q, k, v, backend="sdpa", causal=causal, key_padding_mask=mask)
+    torch.testing.assert_close(fused, naive, atol=1e-5, rtol=1e-5)
+    grads_naive = torch.autograd.grad(naive.square().sum(), (q, k, v))
+    grads_fused = torch.autograd.grad(fused.square().sum(), (q, k, v))
+    for a, b in zip(grads_fused, grads_naive):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def saved_bytes(backend: str, seq_len: int, head_dim: int = 50) -> int:
+    q, k, v = inputs(seq_len, head_dim)
+    with SavedTensorsCounter(exclude=set()) as counter:
+        attention(q, k, v, backend=backend, causal=True)
+    return counter.saved_bytes
+
+
+def test_naive_saves_quadratic_and_sdpa_linear_memory_for_backward():
+    # Without dropout the fused kernel runs on the CPU too (the CPU flash kernel has no dropout).
+    naive = [saved_bytes("naive", n) for n in (128, 256, 512)]
+    fused = [saved_bytes("sdpa", n) for n in (128, 256, 512)]
+    assert (naive[2] - naive[1]) / (naive[1] - naive[0]) > 3  # the (B, h, L, L) terms dominate
+    assert (fused[2] - fused[1]) / (fused[1] - fused[0]) == pytest.approx(2, rel=0.05)
+    assert fused[2] < naive[2] / 3
+
+
+def test_unknown_backend_is_refused():
+    q, k, v = inputs(4, 8)
+    with pytest.raises(ValueError, match="Unknown attention backend 'flash'"):
+        attention(q, k, v, backend="flash")
