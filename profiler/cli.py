@@ -50,10 +50,11 @@ def sweep(
     time_budget_s: Annotated[Optional[float], typer.Option(min=0.0, help="Measured time per point; repetitions fill it [GPU 2.0, CPU 0.3].")] = None,
     min_reps: Annotated[Optional[int], typer.Option(min=1, help="Fewest timed repetitions per point [GPU 5, CPU 3].")] = None,
     max_reps: Annotated[Optional[int], typer.Option(min=1, help="Most timed repetitions per point [GPU 100, CPU 20].")] = None,
-    warmup: Annotated[Optional[int], typer.Option(min=0, help="Warm-up steps before timing, after the two probe steps [GPU 3, CPU 1].")] = None,
+    warmup: Annotated[Optional[int], typer.Option(min=1, help="Warm-up steps before timing, after the two probe steps [GPU 3, CPU 1].")] = None,
     point_timeout_s: Annotated[float, typer.Option(min=1.0, help="A point running longer is recorded as an error.")] = 900.0,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and synthetic batches.")] = 0,
     fresh_worker_per_point: Annotated[bool, typer.Option(help="A new worker process for every point (default: one per model variant).")] = False,
+    pin_cpu: Annotated[bool, typer.Option(help="On CUDA, pin the worker to one CPU core: steadier times for launch-bound steps.")] = True,
 ) -> None:
     """Measure memory and time per step over a grid of models and lengths."""
     try:
@@ -85,6 +86,7 @@ def sweep(
         resume=resume,
         point_timeout_s=point_timeout_s,
         fresh_worker_per_point=fresh_worker_per_point,
+        pin_cpu=pin_cpu,
         argv=sys.argv[1:],
     )
     try:

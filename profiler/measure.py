@@ -114,9 +114,12 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None)
     # It stays off during the timed steps, where its thread would jitter the host's kernel launches.
     sampler = NvmlPeakSampler(nvml_reader) if nvml_reader is not None else contextlib.nullcontext()
     with sampler:
-        for _ in range(budget.warmup_steps):
+        for _ in range(budget.warmup_steps - 1):
             step()
         _synchronize(device)
+        # The last warm-up step is timed to size the repetition count. It is not a sample: the first
+        # step after the queue drained runs measurably slower than the steady state.
+        reps = budget.reps_for(time_steps(step, 1, device)[0] / 1e3)
 
     gc.collect()
     if device == "cuda":
@@ -124,8 +127,7 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None)
     gc.disable()  # a collection pause inside the timed loop would land in one sample at random
     try:
         wall_start = time.perf_counter()
-        samples_ms = time_steps(step, 1, device)  # the first sample also sizes the repetition count
-        samples_ms += time_steps(step, budget.reps_for(samples_ms[0] / 1e3) - 1, device)
+        samples_ms = time_steps(step, reps, device)
         record["measured_wall_s"] = time.perf_counter() - wall_start
     finally:
         gc.enable()

@@ -19,10 +19,11 @@ class MeasurementBudget:
     """How long a point is measured: enough repetitions to fill the time budget, within bounds.
 
     Before the warm-up steps, two full steps run under the footprint and FLOP probes; they warm up
-    too, so a point runs at least ``warmup_steps + 2`` untimed steps.
+    too, so a point runs ``warmup_steps + 2`` steps before the timed ones. The last warm-up step is
+    timed to size the repetition count.
     """
 
-    warmup_steps: int = 3
+    warmup_steps: int = 3  # at least 1: the step that sizes the repetition count
     time_budget_s: float = 2.0
     min_reps: int = 5
     max_reps: int = 100

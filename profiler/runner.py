@@ -7,6 +7,7 @@ takes effect between points, so the point in flight is kept.
 """
 import datetime
 import multiprocessing
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass
@@ -24,6 +25,7 @@ class RunnerOptions:
     budget: MeasurementBudget = MeasurementBudget()
     point_timeout_s: float = 900.0
     fresh_worker_per_point: bool = False
+    pin_cpu: bool = True  # on CUDA: one core for the worker (see worker_main)
 
 
 class WorkerDied(Exception):
@@ -41,10 +43,10 @@ WORKER_START_TIMEOUT_S = 300.0
 class Worker:
     """One worker process and the pipe to it."""
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, cpu: int | None = None):
         ctx = multiprocessing.get_context("spawn")  # fork would copy the parent's CUDA state
         self._conn, child_conn = ctx.Pipe()
-        self.process = ctx.Process(target=worker_main, args=(child_conn, device), daemon=True)
+        self.process = ctx.Process(target=worker_main, args=(child_conn, device, cpu), daemon=True)
         self._spawned_at = time.perf_counter()
         self.process.start()
         child_conn.close()
@@ -166,7 +168,7 @@ class SweepRunner:
         group = (point.model, point.attention, point.profile, point.device)
         if self._worker is None or group != self._worker_group or self.options.fresh_worker_per_point:
             self._retire_worker()
-            self._worker, self._worker_group = Worker(point.device), group
+            self._worker, self._worker_group = Worker(point.device, self._worker_cpu(point.device)), group
         worker = self._worker
         fresh = worker.points_measured == 0
         started = time.perf_counter()
@@ -180,6 +182,13 @@ class SweepRunner:
         if record["status"] != "ok":
             self._retire_worker()  # a fresh process for whatever comes next
         return self._row(point, record, time.perf_counter() - started)
+
+    def _worker_cpu(self, device: str) -> int | None:
+        """The last core this process may use (core 0 tends to serve interrupts), on CUDA only:
+        on the CPU the step itself needs every core."""
+        if device != "cuda" or not self.options.pin_cpu or not hasattr(os, "sched_getaffinity"):
+            return None
+        return max(os.sched_getaffinity(0))
 
     def _retire_worker(self) -> None:
         if self._worker is not None:

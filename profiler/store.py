@@ -31,7 +31,7 @@ COLUMNS = [
     # size and work
     "param_count", "trainable_param_count", "flops_per_step", "achieved_tflops",
     # bookkeeping
-    "point_wall_s", "measured_wall_s", "worker_pid", "worker_fresh", "worker_start_s", "finished_at",
+    "point_wall_s", "measured_wall_s", "worker_pid", "worker_cpu", "worker_fresh", "worker_start_s", "finished_at",
     # raw samples, last because they are long
     "step_times_ms",
 ]

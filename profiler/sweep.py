@@ -62,6 +62,7 @@ class SweepRequest:
     resume: bool
     point_timeout_s: float
     fresh_worker_per_point: bool = False
+    pin_cpu: bool = True
     argv: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -100,7 +101,7 @@ def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -
     environment = collect_environment(request.device)
     runner = SweepRunner(
         store,
-        RunnerOptions(request.budget, request.point_timeout_s, request.fresh_worker_per_point),
+        RunnerOptions(request.budget, request.point_timeout_s, request.fresh_worker_per_point, request.pin_cpu),
         events,
         device_name=environment["device_name"],
     )

@@ -69,8 +69,12 @@ def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, pri
     return record
 
 
-def worker_main(conn, device: str) -> None:
-    """Entry point of the worker process: receive (point, budget) dicts, send records, until None."""
+def worker_main(conn, device: str, cpu: int | None = None) -> None:
+    """Entry point of the worker process: receive (point, budget) dicts, send records, until None.
+
+    ``cpu`` pins the process to one core. A training step of a small model is bound by the host
+    launching kernels, and a launching thread that migrates between cores makes its times jitter.
+    """
     # Ctrl-C goes to the whole process group; the runner decides when to stop, and the point in
     # flight finishes so its measurement is kept.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -88,8 +92,8 @@ def worker_main(conn, device: str) -> None:
     except Exception as exc:  # noqa: BLE001 - a worker that cannot start says why
         conn.send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
         return
-    if os.environ.get("SEQPROF_PIN_CPU"):
-        os.sched_setaffinity(0, {int(os.environ["SEQPROF_PIN_CPU"])})
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     conn.send({"ready": True})
     primed = device != "cuda"  # lazy kernel loading is a CUDA matter
     while True:
@@ -102,6 +106,7 @@ def worker_main(conn, device: str) -> None:
         primed = True
         if nvml_unavailable:
             record["nvml_source"] = nvml_unavailable
+        record["worker_cpu"] = cpu
         conn.send(record)
     if nvml_reader is not None:
         nvml_reader.close()

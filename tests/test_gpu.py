@@ -64,13 +64,16 @@ def test_sdpa_memory_grows_linearly_and_naive_quadratically_on_cuda(tmp_path):
     assert _growth(sdpa, "tensor_footprint_mib") < 2.5  # the flash kernel saves O(L) on CUDA
 
 
-def test_tensor_footprint_is_the_same_on_cuda_and_cpu(tmp_path):
+def test_tensor_footprint_scales_the_same_on_cuda_and_cpu(tmp_path):
+    """Bytes differ a little between devices (the CPU keeps dropout masks as floats, CUDA as bytes);
+    the growth with length and the FLOPs must not."""
+    lengths = [64, 128, 256]
     for model in ("convrec-light", "sasrec"):
-        cuda = measure(tmp_path, cuda_points(model, [64], batch_size=8, profile="tiny"), name=f"{model}-cuda.csv")[0]
-        cpu_points = plan_points([model], [64], ["train"], ["naive"], 8, "tiny", "cpu")
-        cpu = measure(tmp_path, cpu_points, name=f"{model}-cpu.csv")[0]
-        assert cuda["tensor_footprint_mib"] == pytest.approx(cpu["tensor_footprint_mib"], rel=0.05)
-        assert cuda["flops_per_step"] == cpu["flops_per_step"]
+        cuda = measure(tmp_path, cuda_points(model, lengths, batch_size=8, profile="tiny"), name=f"{model}-cuda.csv")
+        cpu_points = plan_points([model], lengths, ["train"], ["naive"], 8, "tiny", "cpu")
+        cpu = measure(tmp_path, cpu_points, name=f"{model}-cpu.csv")
+        assert _growth(cuda, "tensor_footprint_mib") == pytest.approx(_growth(cpu, "tensor_footprint_mib"), rel=0.1)
+        assert [r["flops_per_step"] for r in cuda] == [r["flops_per_step"] for r in cpu]
 
 
 @pytest.mark.parametrize("name", [n for n, s in REGISTRY.items() if s.has_attention_backend])
