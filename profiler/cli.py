@@ -107,12 +107,10 @@ def sweep(
     frame = store.frame
     if len(frame):
         out.print(summary_table(frame, f"seqprof sweep on {frame['device_name'].iloc[-1]}, batch {request.batch_size}"))
-    console.print(f"{len(rows)} points measured in {elapsed:.1f} s; results: {request.out}")
+    console.print(f"{len(rows)} points measured in {elapsed:.1f} s; results: {request.out}", soft_wrap=True)
     if interrupted:
-        console.print(
-            "[bold]Stopped by Ctrl-C.[/] Every finished point is kept. Resume with: "
-            + resume_command(request.argv, request.out)
-        )
+        console.print("[bold]Stopped by Ctrl-C.[/] Every finished point is kept. Resume with:")
+        console.print(resume_command(request.argv, request.out), markup=False, soft_wrap=True)
         raise typer.Exit(130)
 
 
