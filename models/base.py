@@ -49,6 +49,7 @@ class ModelSpec:
     causal: bool  # True: position t sees items <= t; False: bidirectional with a padding mask
     needs_item_features: bool = False
     max_len_limit: int | None = None  # longest length the model supports, None for unbounded
+    min_len: int = 1  # shortest length the model supports
 
     @property
     def has_attention_backend(self) -> bool:

@@ -84,6 +84,7 @@ REGISTRY: dict[str, ModelSpec] = {
             make_batch=cosrec.make_batch,
             default_profile="ml-1m",
             causal=False,
+            min_len=5,  # two unpadded 3x3 convolutions shrink the L x L grid by 4
         ),
         ModelSpec(
             name="cosrec-plus",

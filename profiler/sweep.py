@@ -74,6 +74,8 @@ class SweepRequest:
             limit = spec.max_len_limit
             if limit is not None and max(self.lengths) > limit:
                 raise ValueError(f"model {model!r} supports lengths up to {limit}; got {max(self.lengths)}")
+            if min(self.lengths) < spec.min_len:
+                raise ValueError(f"model {model!r} needs lengths of at least {spec.min_len}; got {min(self.lengths)}")
             profile = get_profile(self.profile or spec.default_profile)
             if spec.needs_item_features and profile.item_feature_dim is None:
                 raise ValueError(f"model {model!r} needs item features; profile {profile.name!r} has none")

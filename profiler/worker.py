@@ -97,7 +97,10 @@ def worker_main(conn, device: str, cpu: int | None = None) -> None:
     conn.send({"ready": True})
     primed = device != "cuda"  # lazy kernel loading is a CUDA matter
     while True:
-        message = conn.recv()
+        try:
+            message = conn.recv()
+        except EOFError:  # the runner is gone (killed): nothing is waiting for results
+            break
         if message is None:
             break
         point = PointSpec(**message["point"])

@@ -137,3 +137,17 @@ def test_console_script_prints_one_line_errors():
 def test_resume_command_replaces_out_and_adds_resume():
     argv = ["sweep", "--lengths", "50,200", "--out", "old.csv", "--resume"]
     assert resume_command(argv, "new.csv") == "seqprof sweep --lengths 50,200 --out new.csv --resume"
+
+
+def test_lengths_below_a_models_minimum_are_a_clear_error(tmp_path):
+    result = invoke("sweep", "--models", "cosrec", "--lengths", "3,8", "--out", str(tmp_path / "r.csv"), *FAST_FLAGS)
+    assert result.exit_code == 2
+    assert "model 'cosrec' needs lengths of at least 5; got 3" in result.output
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_models_needing_item_features_refuse_a_profile_without_them(tmp_path):
+    result = invoke("sweep", "--models", "proxyrca", "--lengths", "8", "--out", str(tmp_path / "r.csv"),
+                    *FAST_FLAGS, "--profile", "ml-1m")
+    assert result.exit_code == 2
+    assert "model 'proxyrca' needs item features; profile 'ml-1m' has none" in result.output
