@@ -25,5 +25,13 @@ sweep: $(INSTALLED)
 test: $(INSTALLED)
 	$(PYTHON) -m pytest -q
 
+# The GPU benchmarks (tests/bench): times saved by pytest-benchmark, peak memory as the memory gate's
+# baseline, both under results/benchmarks; README.md shows the compare run. Extra pytest flags:
+# make bench BENCH_ARGS="-k sasrec"
+BENCH_ARGS ?=
+bench: $(INSTALLED)
+	$(PYTHON) -m pytest tests/bench -m gpu --benchmark-only --benchmark-storage=results/benchmarks \
+		--benchmark-save=h100 --memory-baseline-save=results/benchmarks/memory-baseline.json $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

@@ -1,23 +1,19 @@
-"""Measures one point: build the model, optimizer and batch, warm up, time, read memory.
+"""Measures one point: build its workload, probe its costs, warm up, time, read memory.
 
 Returns a flat record (column -> value) for the results table. Runs inside a worker process; an
 out-of-memory error propagates to the worker, which records it as a result.
 """
 import contextlib
-import dataclasses
 import gc
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from models.base import count_parameters, count_trainable_parameters
-from models.profiles import get_profile
-from models.registry import get_spec
-from profiler.footprint import inference_footprint, train_step_footprint
+from models.base import count_trainable_parameters
 from profiler.nvml import NvmlPeakSampler
-from profiler.points import NO_ATTENTION, MeasurementBudget, PointSpec
+from profiler.points import MeasurementBudget, PointSpec
 from profiler.timing import TimingStats, time_steps
+from profiler.workload import build_workload, step_costs
 
 MIB = 2**20
 PRIME_LENGTH = 16
@@ -29,12 +25,6 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _count_flops(step) -> int:
-    with FlopCounterMode(display=False) as counter:
-        step()
-    return counter.get_total_flops()
-
-
 def prime_process(point: PointSpec) -> None:
     """Runs a small training step and a prediction of the point's model and frees them again.
 
@@ -43,22 +33,13 @@ def prime_process(point: PointSpec) -> None:
     otherwise pay for them inside its measurement and later points would not; primed, every point
     starts from the same state, whether its worker is fresh or reused.
     """
-    small = dataclasses.replace(
-        point, seq_len=min(point.seq_len, PRIME_LENGTH), batch_size=min(point.batch_size, PRIME_BATCH)
-    )
-    spec = get_spec(small.model)
-    attention = None if small.attention == NO_ATTENTION else small.attention
-    config = spec.build_config(get_profile(small.profile), small.seq_len, attention)
-    model = spec.build(config).to(small.device)
-    generator = torch.Generator(device=small.device).manual_seed(small.seed)
-    batch = spec.make_batch(config, small.batch_size, small.seq_len, small.device, generator)
-    optimizer = model.configure_optimizer()
-    model(batch).backward()
-    optimizer.step()
-    model.eval()
-    with torch.inference_mode():
-        model.predict(batch)
-    _synchronize(small.device)
+    seq_len, batch_size = min(point.seq_len, PRIME_LENGTH), min(point.batch_size, PRIME_BATCH)
+    for mode in ("train", "infer"):
+        workload = build_workload(
+            point.model, point.attention, mode, seq_len, batch_size, point.profile, point.device, point.seed
+        )
+        workload.step()
+    _synchronize(point.device)
 
 
 def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None) -> dict:
@@ -69,45 +50,22 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None)
         record["nvml_baseline_mib"] = nvml_reader.read_mib()  # context (and leftovers) before the model
         record["nvml_source"] = nvml_reader.source
 
-    spec = get_spec(point.model)
-    profile = get_profile(point.profile)
-    attention = None if point.attention == NO_ATTENTION else point.attention
-    config = spec.build_config(profile, point.seq_len, attention)
-    torch.manual_seed(point.seed)
-    model = spec.build(config).to(device)
-    generator = torch.Generator(device=device).manual_seed(point.seed)
-    batch = spec.make_batch(config, point.batch_size, point.seq_len, device, generator)
-    record["param_count"] = count_parameters(model)
-    record["trainable_param_count"] = count_trainable_parameters(model)
-
-    if point.mode == "train":
-        model.train()
-        optimizer = model.configure_optimizer()
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            model(batch).backward()
-            optimizer.step()
-
-        # The first step also creates the optimizer state, which the footprint counts.
-        footprint = train_step_footprint(model, optimizer, batch, step)
-    else:
-        model.eval()
-
-        def step() -> None:
-            with torch.inference_mode():
-                model.predict(batch)
-
-        footprint = inference_footprint(model, batch, step)
-    record.update(
-        params_mib=footprint.params_mib,
-        grads_mib=footprint.grads_mib,
-        optimizer_state_mib=footprint.optimizer_state_mib,
-        inputs_mib=footprint.inputs_mib,
-        activations_mib=footprint.activations_mib,
-        tensor_footprint_mib=footprint.total_mib,
+    workload = build_workload(
+        point.model, point.attention, point.mode, point.seq_len, point.batch_size, point.profile, device, point.seed
     )
-    record["flops_per_step"] = _count_flops(step)
+    step = workload.step
+    costs = step_costs(workload)  # the first step: it also creates the optimizer state
+    record.update(
+        param_count=costs.param_count,
+        trainable_param_count=count_trainable_parameters(workload.model),
+        params_mib=costs.footprint.params_mib,
+        grads_mib=costs.footprint.grads_mib,
+        optimizer_state_mib=costs.footprint.optimizer_state_mib,
+        inputs_mib=costs.footprint.inputs_mib,
+        activations_mib=costs.footprint.activations_mib,
+        tensor_footprint_mib=costs.tensor_footprint_mib,
+        flops_per_step=costs.flops_per_step,
+    )
 
     # The NVML sampler watches the warm-up, where the process's memory reaches its peak (the caching
     # allocator keeps what it reserved, so later steps reuse it), and reads once more after timing.

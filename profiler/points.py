@@ -18,8 +18,8 @@ NO_ATTENTION = "none"  # the attention knob of models without attention layers
 class MeasurementBudget:
     """How long a point is measured: enough repetitions to fill the time budget, within bounds.
 
-    Before the warm-up steps, two full steps run under the footprint and FLOP probes; they warm up
-    too, so a point runs ``warmup_steps + 2`` steps before the timed ones. The last warm-up step is
+    Before the warm-up steps, one full step runs under the footprint and FLOP probes; it warms up
+    too, so a point runs ``warmup_steps + 1`` steps before the timed ones. The last warm-up step is
     timed to size the repetition count.
     """
 

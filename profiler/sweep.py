@@ -39,7 +39,7 @@ CPU_DEFAULTS = DeviceDefaults(
     batch_size=8,
     modes=("train",),
     attentions=("naive",),
-    budget=MeasurementBudget(warmup_steps=1, time_budget_s=0.3, min_reps=3, max_reps=20),
+    budget=MeasurementBudget(warmup_steps=2, time_budget_s=0.3, min_reps=3, max_reps=20),
 )
 
 

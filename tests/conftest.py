@@ -6,7 +6,7 @@ from profiler.points import MeasurementBudget
 
 TINY_BUDGET = MeasurementBudget(warmup_steps=1, time_budget_s=0.01, min_reps=2, max_reps=3)
 # CLI flags giving the same budget, so CLI tests run in seconds.
-FAST_FLAGS = ["--device", "cpu", "--profile", "tiny", "--batch-size", "4", "--warmup", "1",
+FAST_FLAGS = ["--device", "cpu", "--profile", "tiny", "--batch-size", "4", "--warmup", "1", "--no-plot",
               "--time-budget-s", "0.01", "--min-reps", "2", "--max-reps", "3"]
 
 

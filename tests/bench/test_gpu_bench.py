@@ -1,0 +1,137 @@
+"""GPU benchmarks: every registered model, train step and inference, at L = 50, 200, 500, B = 128.
+
+pytest-benchmark's timer reads the host clock, which does not wait for the GPU; each timed round
+therefore ends in ``torch.cuda.synchronize()``, so a round is the step's full wall time. Memory is
+read around the timed rounds: peak allocated (torch), and this process's device memory from NVML
+(what nvidia-smi shows). Both go to ``benchmark.extra_info`` with FLOPs and the parameter count,
+and the peak allocated figure goes through the memory gate (tests/bench/conftest.py).
+
+Run with `make bench` (saves a baseline), then compare as README.md shows. Sized for an 80 GB GPU
+and a few minutes: from the step times of results/h100-grid.csv, the 78 points spend about a minute
+in steps on an H100, plus building each model.
+"""
+import gc
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from models.base import count_parameters
+from models.registry import REGISTRY
+from profiler.nvml import NvmlMemoryReader, NvmlPeakSampler
+from profiler.points import MODES, MeasurementBudget
+from profiler.timing import time_steps
+from .workload import build_workload, variants
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not torch.cuda.is_available(),
+        reason="GPU benchmark: no CUDA GPU here (torch.cuda.is_available() is False); run `make bench` on a GPU machine",
+    ),
+]
+
+MIB = 2**20
+LENGTHS = (50, 200, 500)
+BATCH_SIZE = 128
+# Rounds fill about a second per point, within bounds: a 1-ms inference gets 50 rounds, a 300-ms
+# training step 5. Warm-up steps run before, outside the timer (see test_step).
+BUDGET = MeasurementBudget(warmup_steps=3, time_budget_s=1.0, min_reps=5, max_reps=50)
+
+# Points left out, with the reason (results/h100-grid.csv: H100 80GB, B = 128, default profiles).
+EXCLUDED = {
+    ("cosrec", 500): "excluded: CosRec's (B, L, L, d) pairwise tensor runs out of memory on an 80 GB H100 "
+    "(training from L = 300, 39 GB at L = 200; inference at L = 500)",
+    ("cosrec-plus", 500): "excluded: CosRec+'s (B, L, L, d) pairwise tensor runs out of memory on an 80 GB H100 "
+    "(training from L = 300, 40 GB at L = 200; inference from L = 400)",
+    ("caser-plus", 500): "excluded: Caser+ costs O(L^3): 583 ms per training step at L = 500 on an H100, "
+    "twice the next slowest point",
+}
+
+
+def cases():
+    for variant in variants():
+        for seq_len in LENGTHS:
+            for mode in MODES:
+                reason = EXCLUDED.get((variant.model, seq_len))
+                marks = [pytest.mark.skip(reason=f"{variant.label} L={seq_len}: {reason}")] if reason else []
+                yield pytest.param(variant, mode, seq_len, marks=marks, id=f"{variant.label}-{mode}-L{seq_len}")
+
+
+@pytest.fixture(scope="module")
+def nvml_reader():
+    reader = NvmlMemoryReader(torch.cuda.current_device())
+    yield reader
+    reader.close()
+
+
+def _free_cuda() -> None:
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("variant, mode, seq_len", list(cases()))
+def test_step(benchmark, memory_gate, nvml_reader, variant, mode, seq_len):
+    spec = REGISTRY[variant.model]
+    label = f"{variant.label} {mode} L={seq_len}"
+    _free_cuda()  # the previous point's cached blocks would count in this one's NVML figure
+    nvml_baseline_mib = nvml_reader.read_mib()
+    workload = None
+    out_of_memory = False
+    try:
+        workload = build_workload(variant.model, variant.attention, mode, seq_len, BATCH_SIZE, spec.default_profile, "cuda")
+        # The first step is counted: it also creates the optimizer state, before the peak is reset.
+        with FlopCounterMode(display=False) as flop_counter:
+            workload.step()
+        # NVML is sampled during the warm-up, where the process reaches its peak (the caching
+        # allocator keeps what it reserved), and read again after timing; its thread stays off
+        # during the timed rounds, where it would jitter the host's kernel launches.
+        with NvmlPeakSampler(nvml_reader) as sampler:
+            for _ in range(BUDGET.warmup_steps - 1):
+                workload.step()
+            torch.cuda.synchronize()
+            rounds = BUDGET.reps_for(time_steps(workload.step, 1, "cuda")[0] / 1e3)
+
+        def synchronized_step() -> None:
+            workload.step()
+            torch.cuda.synchronize()
+
+        gc.collect()
+        torch.cuda.reset_peak_memory_stats()
+        benchmark.group = f"{variant.label} {mode}"
+        benchmark.pedantic(synchronized_step, rounds=rounds, iterations=1, warmup_rounds=1)
+    except torch.OutOfMemoryError:
+        out_of_memory = True  # failed below, once the exception no longer holds the step's tensors
+    if out_of_memory:
+        workload = None
+        _free_cuda()
+        total_gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+        pytest.fail(
+            f"{label}: out of memory at B={BATCH_SIZE} on {torch.cuda.get_device_name()} ({total_gib:.0f} GiB); "
+            "the suite is sized for 80 GB: add the point to EXCLUDED with its reason",
+            pytrace=False,
+        )
+    peak_allocated_mib = torch.cuda.max_memory_allocated() / MIB
+    flops = flop_counter.get_total_flops()
+    info = dict(
+        model=variant.model,
+        attention=variant.attention or "none",
+        mode=mode,
+        seq_len=seq_len,
+        batch_size=BATCH_SIZE,
+        profile=spec.default_profile,
+        device_name=torch.cuda.get_device_name(),
+        param_count=count_parameters(workload.model),
+        flops_per_step=flops,
+        peak_allocated_mib=peak_allocated_mib,
+        peak_reserved_mib=torch.cuda.max_memory_reserved() / MIB,
+        nvml_peak_mib=max(sampler.peak_mib, nvml_reader.read_mib()),
+        nvml_baseline_mib=nvml_baseline_mib,
+        nvml_source=nvml_reader.source,
+    )
+    if benchmark.stats is not None:  # None under --benchmark-disable: the target ran once, untimed
+        info["achieved_tflops"] = flops / benchmark.stats.stats.median / 1e12
+    benchmark.extra_info.update(info)
+    del workload
+    _free_cuda()
+    memory_gate(label, info["device_name"], {"peak_allocated_mib": peak_allocated_mib})

@@ -1,0 +1,214 @@
+"""`seqprof report` and `seqprof reproduce`: tables from files with OOM, skipped and error rows,
+Markdown, the papers' numbers beside the measured ones, and one-line errors for bad files."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from profiler.analysis import analyse
+from profiler.cli import app, main
+from profiler.report import build_report, markdown_report, to_markdown, verdict_table
+from profiler.reproduce import SETUPS, comparison_tables, reproduce_figure, select_rows, sweep_request
+from profiler.points import MeasurementBudget
+from profiler.store import read_results
+from test_analysis import synthetic_results
+
+H100_GRID = Path(__file__).resolve().parent.parent / "results" / "h100-grid.csv"
+runner = CliRunner()
+
+
+@pytest.fixture()
+def results(tmp_path):
+    path = tmp_path / "synthetic.csv"
+    synthetic_results().to_csv(path, index=False)
+    return path
+
+
+def _cells(table, column):
+    index = table.columns.index(column)
+    return {row[0]: row[index] for row in table.rows}
+
+
+def test_verdict_table_gives_each_variant_its_verdicts_and_where_it_stopped(results):
+    table = verdict_table(analyse(read_results(results), n_boot=20), "train")
+    footprint = _cells(table, "footprint")
+    assert footprint["sasrec[naive]"].startswith("quadratic")
+    assert footprint["convrec-light"].startswith("linear")
+    assert footprint["cosrec"].startswith("quadratic 2.00")
+    assert _cells(table, "time")["caser"].startswith("cubic")
+    stopped = _cells(table, "stopped")
+    assert stopped["cosrec"] == "OOM at 400" and stopped["caser"] == "error at 100" and stopped["sasrec[naive]"] == ""
+
+
+def test_report_has_fits_throughput_and_crossovers(results):
+    tables = build_report(analyse(read_results(results), n_boot=20), ["train"])
+    titles = [t.title for t in tables]
+    assert any(t.startswith("Fits of time per step") for t in titles)
+    throughput = next(t for t in tables if t.title.startswith("Achieved TFLOP/s"))
+    # sasrec at L=800: (2e6 L + 4e3 L^2) FLOPs over the median step time.
+    best = _cells(throughput, "at max L")["sasrec[naive]"]
+    assert 0 < float(best) < 1
+    crossings = next(t for t in tables if t.title.startswith("Crossovers"))
+    assert any(row[3] == "caser" and row[4] == "sasrec[naive]" for row in crossings.rows)
+
+
+def test_markdown_is_a_table_per_section_with_escaped_cells(results):
+    tables = build_report(analyse(read_results(results), n_boot=20), ["train"])
+    text = markdown_report(tables, ["results: x"])
+    assert text.startswith("# seqprof scaling report")
+    verdicts = to_markdown(tables[0]).splitlines()
+    assert verdicts[0] == "### Growth with sequence length (train)"
+    assert verdicts[2].startswith("| model | family | mode |")
+    assert verdicts[3].startswith("| --- |")
+    rows = [line for line in verdicts if line.startswith("| cosrec ")]
+    assert len(rows) == 1 and rows[0].count("|") == verdicts[2].count("|")
+
+
+def test_report_command_prints_and_writes_markdown(results, tmp_path):
+    markdown = tmp_path / "report.md"
+    result = runner.invoke(app, ["report", str(results), "--markdown", str(markdown)])
+    assert result.exit_code == 0, result.output
+    assert "1 oom" in result.output and "1 error" in result.output and "2 skipped" in result.output
+    assert "OOM at 400" in result.output
+    assert "| sasrec[naive] | attention | train |" in markdown.read_text()
+
+
+def test_report_on_the_h100_grid(tmp_path):
+    result = runner.invoke(app, ["report", str(H100_GRID), "--mode", "train", "--markdown", str(tmp_path / "h.md")])
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "h.md").read_text().splitlines()
+    start = lines.index("### Growth with sequence length (train)")
+    header = [c.strip() for c in lines[start + 2].strip("|").split("|")]
+    rows = {}
+    for line in lines[start + 4:]:
+        if not line.startswith("|"):
+            break
+        cells = dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
+        rows[cells["model"]] = cells
+    assert len(rows) == 14  # ten models, four of them with two attention backends
+    # Materialised attention holds L x L scores: quadratic; the fused kernel and convolutions: linear.
+    assert rows["sasrec[naive]"]["footprint"].startswith("quadratic")
+    assert rows["sasrec[sdpa]"]["footprint"].startswith("linear")
+    assert rows["convrec-hier"]["footprint"].startswith("linear")
+    assert rows["convrec-light"]["footprint"].startswith("linear")
+    assert rows["caser"]["time"].startswith("cubic")
+    assert rows["cosrec"]["stopped"] == "OOM at 300"
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [(None, "does not exist"), ("", "is empty"), ("model,mode\nx,y\n", "is not a seqprof results file"),
+     ('a,"b\n1', "is corrupted")],
+)
+def test_bad_results_files_are_one_line_errors(tmp_path, content, problem):
+    path = tmp_path / "bad.csv"
+    if content is not None:
+        path.write_text(content)
+    for command in (["report", str(path)], ["plot", str(path)], ["reproduce", "convrec", "--from-results", str(path)]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, (command, result.output)
+        assert problem in result.output and len(result.output.strip().splitlines()) == 1
+
+
+# --- reproduce ------------------------------------------------------------------------------
+
+
+def test_convrec_from_the_h100_grid_sets_measured_beside_published(tmp_path):
+    result = runner.invoke(app, ["reproduce", "convrec", "--from-results", str(H100_GRID), "--out-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "3,878" in result.output and "14,280" in result.output  # the paper's ProxyRCA memory
+    assert "0.0893" in result.output and "0.2020" in result.output  # the paper's times
+    assert (tmp_path / "reproduce-convrec-h100-grid.png").exists()
+    assert (tmp_path / "reproduce-convrec-h100-grid.svg").exists()
+
+
+def test_comparison_ratios_are_to_the_own_first_length_and_between_models():
+    frame = read_results(H100_GRID)
+    setup = SETUPS["convrec"]
+    selection = select_rows(setup, frame)
+    assert set(selection.rows["attention"]) == {"naive", "none"}  # the authors' materialised attention
+    memory, time = comparison_tables(setup, selection)
+    rows = {row[0]: row for row in memory.rows}
+    proxy = frame[(frame["model"] == "proxyrca") & (frame["attention"] == "naive") & (frame["mode"] == "train")].set_index("seq_len")
+    conv = frame[(frame["model"] == "convrec-hier") & (frame["mode"] == "train")].set_index("seq_len")
+    cells = dict(zip(memory.columns, rows["500"]))
+    assert cells["ProxyRCA measured MiB"] == f"{proxy.loc[500, 'nvml_peak_mib']:,.0f}"
+    assert cells["ProxyRCA paper MB"] == "14,280"
+    assert cells["ProxyRCA peak alloc MiB"] == f"{proxy.loc[500, 'peak_allocated_mib']:,.0f}"
+    assert cells["ProxyRCA measured / L=50"] == f"{proxy.loc[500, 'nvml_peak_mib'] / proxy.loc[50, 'nvml_peak_mib']:.2f}"
+    assert cells["ProxyRCA paper / L=50"] == f"{14280 / 3878:.2f}"
+    assert cells["ProxyRCA / ConvRec measured"] == f"{proxy.loc[500, 'nvml_peak_mib'] / conv.loc[500, 'nvml_peak_mib']:.2f}"
+    assert cells["ProxyRCA / ConvRec paper"] == f"{14280 / 6096:.2f}"
+    time_cells = dict(zip(time.columns, next(r for r in time.rows if r[0] == "50")))
+    assert time_cells["ConvRec measured s"] == f"{conv.loc[50, 'time_median_ms'] / 1000:,.4f}"
+
+
+def test_lightconv_with_oom_and_error_rows(tmp_path):
+    """SASRec runs out of memory at 900 (the paper: 'failed'), ConvRec errors at 600."""
+    frame = synthetic_results(lengths=(50, 200, 400, 600, 900), profile="ml-1m", batch_size=128,
+                              oom={"sasrec": 900}, errors={"convrec-light": 600})
+    path = tmp_path / "light.csv"
+    frame.to_csv(path, index=False)
+    setup = SETUPS["lightconv"]
+    selection = select_rows(setup, read_results(path))
+    assert selection.comparable
+    memory, _ = comparison_tables(setup, selection)
+    rows = {row[0]: dict(zip(memory.columns, row)) for row in memory.rows}
+    assert rows["900"]["SASRec measured GiB"] == "OOM" and rows["900"]["SASRec paper GB"] == "failed"
+    assert rows["600"]["ConvRec measured GiB"] == "error"
+    assert rows["900"]["SASRec / ConvRec measured"] == ""
+    figure = reproduce_figure(setup, selection)
+    (ax,) = figure.axes
+    bars = {container.get_label(): container for container in ax.containers}
+    assert set(bars) == {"SASRec measured", "SASRec paper", "ConvRec measured", "ConvRec paper"}
+    paper = [bar.get_height() for bar in bars["ConvRec paper"]]
+    assert paper == [0.9, 1.3, 2.8, 4.0, 7.0]
+    texts = [t.get_text() for t in ax.texts]
+    assert "failed" in texts and "OOM" in texts and "error" in texts
+    result = runner.invoke(app, ["reproduce", "lightconv", "--from-results", str(path), "--out-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "OOM" in result.output and "failed" in result.output
+
+
+def test_cpu_results_are_labelled_not_comparable(tmp_path):
+    frame = synthetic_results(lengths=(16, 32, 64, 128), batch_size=4, profile="tiny", oom={}, errors={})
+    frame["device"], frame["device_name"] = "cpu", "CPU (x86_64, 2 cores)"
+    frame[["peak_allocated_mib", "nvml_peak_mib"]] = np.nan
+    selection = select_rows(SETUPS["lightconv"], frame)
+    assert not selection.comparable
+    memory, _ = comparison_tables(SETUPS["lightconv"], selection)
+    assert "tensor_footprint_mib" in memory.title
+    assert any("NOT comparable" in note for note in memory.notes)
+    # Ratios go to the shortest measured length when L=50 was not measured.
+    assert "SASRec measured / L=16" in memory.columns
+    assert "measured on the CPU" in reproduce_figure(SETUPS["lightconv"], selection)._suptitle.get_text()
+
+
+def test_missing_model_is_a_clear_error(results):
+    result = runner.invoke(app, ["reproduce", "convrec", "--from-results", str(results)])
+    assert result.exit_code == 2
+    assert "no train rows of proxyrca, convrec-hier" in result.output
+
+
+def test_reproduce_measures_only_on_a_gpu_unless_asked_for_the_cpu(monkeypatch, capsys):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    result = runner.invoke(app, ["reproduce", "lightconv"])
+    assert result.exit_code == 2 and "pass --device cpu" in result.output
+    result = runner.invoke(app, ["reproduce", "lightconv", "--from-results", "x.csv", "--lengths", "50"])
+    assert result.exit_code == 2 and "drop --lengths" in result.output
+    assert main(["reproduce", "transformer"]) == 2
+    assert capsys.readouterr().err == (
+        "seqprof: error: Invalid value for 'SETUP': unknown setup 'transformer'; choose from convrec, lightconv\n")
+
+
+def test_sweep_request_follows_the_paper_on_a_gpu_and_shrinks_on_the_cpu(tmp_path):
+    budget = MeasurementBudget()
+    gpu = sweep_request(SETUPS["convrec"], "cuda", tmp_path / "r.csv", budget)
+    assert (gpu.models, gpu.lengths, gpu.batch_size, gpu.profile, gpu.modes, gpu.attentions) == (
+        ["proxyrca", "convrec-hier"], [50, 100, 200, 300, 400, 500], 128, "beauty", ["train"], ["naive"])
+    cpu = sweep_request(SETUPS["lightconv"], "cpu", tmp_path / "r.csv", budget)
+    assert (cpu.lengths, cpu.batch_size, cpu.profile) == ([50, 200], 8, "ml-1m")
+    small = sweep_request(SETUPS["lightconv"], "cpu", tmp_path / "r.csv", budget, batch_size=2, lengths=[16, 8], profile="tiny")
+    assert (small.lengths, small.batch_size, small.profile) == ([8, 16], 2, "tiny")
+    small.validate()
