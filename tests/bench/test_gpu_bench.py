@@ -11,6 +11,7 @@ and a few minutes: from the step times of results/h100-grid.csv, the 78 points s
 in steps on an H100, plus building each model.
 """
 import gc
+import os
 
 import pytest
 import torch
@@ -47,6 +48,17 @@ EXCLUDED = {
     ("caser-plus", 500): "excluded: Caser+ costs O(L^3): 583 ms per training step at L = 500 on an H100, "
     "twice the next slowest point",
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_cpu_core():
+    """Pins the benchmark process to one core for the module, as the sweep pins its workers: the
+    small models' training steps are bound by the host launching kernels, and a launching thread
+    that migrates between cores makes their times jitter by more than a 10% compare threshold."""
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {max(previous)})
+    yield
+    os.sched_setaffinity(0, previous)
 
 
 def cases():
