@@ -148,12 +148,17 @@ class CaserConfig:
     height_groups: int = 16
 
 
-class Caser(nn.Module):
-    def __init__(self, cfg: CaserConfig):
+class CaserLayers(nn.Module):
+    """The layers Caser and Caser+ share: embeddings, vertical and horizontal filters, FC, W2 and b2.
+
+    ``num_user_rows``: Caser numbers users from 0, Caser+ from 1 (one row more).
+    """
+
+    def __init__(self, cfg, num_user_rows: int):
         super().__init__()
         self.cfg = cfg
         d, L = cfg.d_model, cfg.max_len
-        self.user_emb = nn.Embedding(cfg.num_users, d)
+        self.user_emb = nn.Embedding(num_user_rows, d)
         self.item_emb = nn.Embedding(cfg.num_items + 1, d)  # row 0: the padding item, learned
         self.vertical_weight = nn.Parameter(torch.empty(cfg.num_vertical, L))  # Conv2d(1, nv, (L, 1))
         self.vertical_bias = nn.Parameter(torch.empty(cfg.num_vertical))
@@ -167,6 +172,12 @@ class Caser(nn.Module):
         bound = 1.0 / math.sqrt(L)  # nn.Conv2d's default for the vertical filters
         nn.init.uniform_(self.vertical_weight, -bound, bound)
         nn.init.uniform_(self.vertical_bias, -bound, bound)
+
+
+class Caser(CaserLayers):
+    def __init__(self, cfg: CaserConfig):
+        super().__init__(cfg, cfg.num_users)
+        d = cfg.d_model
         # The authors' initialisation: N(0, 1 / dim) (the std, not the variance) and zero biases.
         nn.init.normal_(self.user_emb.weight, 0.0, 1.0 / d)
         nn.init.normal_(self.item_emb.weight, 0.0, 1.0 / d)

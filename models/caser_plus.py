@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Batch, fused_on_cuda, left_padded_lengths_mask, random_items
-from models.caser import HorizontalConvolutions, get_activation
+from models.caser import CaserLayers
 
 
 @dataclass
@@ -42,25 +42,10 @@ class CaserPlusConfig:
     height_groups: int = 8
 
 
-class CaserPlus(nn.Module):
+class CaserPlus(CaserLayers):
     def __init__(self, cfg: CaserPlusConfig):
-        super().__init__()
-        self.cfg = cfg
-        d, L = cfg.d_model, cfg.max_len
-        self.user_emb = nn.Embedding(cfg.num_users + 1, d)
-        self.item_emb = nn.Embedding(cfg.num_items + 1, d)  # row 0: the padding item, learned
-        self.vertical_weight = nn.Parameter(torch.empty(cfg.num_vertical, L))  # Conv2d(1, nv, (L, 1))
-        self.vertical_bias = nn.Parameter(torch.empty(cfg.num_vertical))
-        self.horizontal = HorizontalConvolutions(L, d, cfg.num_horizontal, cfg.height_groups)
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.fc = nn.Linear(cfg.num_vertical * d + cfg.num_horizontal * L, d)
-        self.out_emb = nn.Embedding(cfg.num_items + 1, 2 * d)  # W2: scores [z, user] per item
-        self.out_bias = nn.Embedding(cfg.num_items + 1, 1)  # b2
-        self.conv_act = get_activation(cfg.conv_activation)
-        self.fc_act = get_activation(cfg.fc_activation)
-        bound = L**-0.5  # nn.Conv2d's default for the vertical filters
-        nn.init.uniform_(self.vertical_weight, -bound, bound)
-        nn.init.uniform_(self.vertical_bias, -bound, bound)
+        super().__init__(cfg, cfg.num_users + 1)
+        L = cfg.max_len
         # Step t, item s: tap s - t + L - 1 of the zero-extended (nv, 2L - 1) filters; taps >= L
         # (items after t) are the zeros.
         steps = torch.arange(L)
