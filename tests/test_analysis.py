@@ -252,7 +252,7 @@ def test_cpu_sweep_gives_quadratic_attention_and_linear_convolution_memory(tmp_p
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "results" / "cpu.csv"
     result = CliRunner().invoke(app, ["sweep", "--models", "sasrec,convrec-light", "--attention", "naive",
-                                      "--mode", "train", "--lengths", "16,32,64,128", "--out", str(out), *FAST_FLAGS])
+                                      "--mode", "train", "--lengths", "16,32,64,128", "--out", str(out), *FAST_FLAGS, "--plot"])
     assert result.exit_code == 0, result.output
     frame = read_results(out)
     assert set(frame["status"]) == {"ok"}
