@@ -16,7 +16,7 @@ from profiler.display import SweepProgress, summary_table
 from profiler.environment import collect_environment, resolve_device
 from profiler.points import MeasurementBudget
 from profiler.runner import SweepEvents
-from profiler.store import ResultsFileError
+from profiler.store import ResultsFileError, ResultsStore
 from profiler.sweep import SweepRequest, default_results_path, defaults_for, open_store, run_sweep
 
 app = typer.Typer(
@@ -90,21 +90,11 @@ def sweep(
         pin_cpu=pin_cpu,
         argv=sys.argv[1:],
     )
-    try:
-        request.validate()
-        store = open_store(request)
-        with store:
-            if resolved_device == "cpu":
-                console.print(
-                    "[bold yellow]Running on the CPU[/] (no CUDA GPU in use): times are CPU times, GPU memory "
-                    "columns stay empty; the tensor footprint shows how memory scales."
-                )
-            started = time.perf_counter()
-            with SweepProgress(console) as progress:
-                rows, interrupted = run_sweep(request, store, SweepEvents(progress.on_start, progress.on_result))
-            elapsed = time.perf_counter() - started
-    except (ResultsFileError, ValueError) as exc:
-        fail(str(exc))
+    store, rows, interrupted, elapsed = measure_with_progress(
+        request,
+        cpu_notice="[bold yellow]Running on the CPU[/] (no CUDA GPU in use): times are CPU times, GPU memory "
+        "columns stay empty; the tensor footprint shows how memory scales.",
+    )
     frame = store.frame
     if len(frame):
         out.print(summary_table(frame, f"seqprof sweep on {frame['device_name'].iloc[-1]}, batch {request.batch_size}"))
@@ -112,9 +102,33 @@ def sweep(
     if plot and (frame["status"] == "ok").any():
         draw_figures(frame, PLOTS_DIR, request.out.stem)
     if interrupted:
-        console.print("[bold]Stopped by Ctrl-C.[/] Every finished point is kept. Resume with:")
-        console.print(resume_command(request.argv, request.out), markup=False, soft_wrap=True)
-        raise typer.Exit(130)
+        stop_after_interrupt(request)
+
+
+def measure_with_progress(request: SweepRequest, cpu_notice: str) -> tuple[ResultsStore, list[dict], bool, float]:
+    """Validates the request, opens and locks its results, and runs it with the progress display.
+
+    Returns the store, the rows written, whether Ctrl-C stopped it, and the elapsed seconds.
+    """
+    try:
+        request.validate()
+        store = open_store(request)
+        with store:
+            if request.device == "cpu":
+                console.print(cpu_notice)
+            started = time.perf_counter()
+            with SweepProgress(console) as progress:
+                rows, interrupted = run_sweep(request, store, SweepEvents(progress.on_start, progress.on_result))
+            elapsed = time.perf_counter() - started
+    except (ResultsFileError, ValueError) as exc:
+        fail(str(exc))
+    return store, rows, interrupted, elapsed
+
+
+def stop_after_interrupt(request: SweepRequest) -> None:
+    console.print("[bold]Stopped by Ctrl-C.[/] Every finished point is kept. Resume with:")
+    console.print(resume_command(request.argv, request.out), markup=False, soft_wrap=True)
+    raise typer.Exit(130)
 
 
 def resume_command(argv: list[str], results: Path) -> str:
@@ -267,17 +281,11 @@ def reproduce_command(
             setup, resolved, out_path or reproducing.default_results_path(setup, resolved), defaults_for(resolved).budget,
             batch_size=batch_size, lengths=lengths, profile=profile, resume=resume, argv=sys.argv[1:],
         )
-        try:
-            request.validate()
-            store = open_store(request)
-            with store:
-                if resolved == "cpu":
-                    console.print("[bold yellow]Running on the CPU[/]: a small version of the paper's setup; absolute "
-                                  "numbers are NOT comparable with the paper's GPU numbers, only shapes and ratios.")
-                with SweepProgress(console) as progress:
-                    _, interrupted = run_sweep(request, store, SweepEvents(progress.on_start, progress.on_result))
-        except (ResultsFileError, ValueError) as exc:
-            fail(str(exc))
+        store, _, interrupted, _ = measure_with_progress(
+            request,
+            cpu_notice="[bold yellow]Running on the CPU[/]: a small version of the paper's setup; absolute "
+            "numbers are NOT comparable with the paper's GPU numbers, only shapes and ratios.",
+        )
         frame, source = store.frame, request.out
         console.print(f"results: {request.out}", soft_wrap=True)
     try:
@@ -294,9 +302,7 @@ def reproduce_command(
         fail(f"cannot write figures to {out_dir}: {exc.strerror or exc}")
     console.print(f"figure: {', '.join(str(p) for p in paths)}", soft_wrap=True)
     if interrupted:
-        console.print("[bold]Stopped by Ctrl-C.[/] Every finished point is kept. Resume with:")
-        console.print(resume_command(request.argv, request.out), markup=False, soft_wrap=True)
-        raise typer.Exit(130)
+        stop_after_interrupt(request)
 
 
 def main(argv: list[str] | None = None) -> int:

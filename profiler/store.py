@@ -98,7 +98,7 @@ class ResultsStore:
         self._lock_handle = None
 
     @classmethod
-    def create(cls, path: Path, metadata: dict) -> "ResultsStore":
+    def create(cls, path: Path) -> "ResultsStore":
         path = Path(path)
         if path.exists():
             raise ResultsFileError(f"results file {path} already exists; pass --resume to continue it or choose another --out")
@@ -108,8 +108,7 @@ class ResultsStore:
             raise ResultsFileError(f"cannot create folder {path.parent}: {exc.strerror}") from None
         if not os.access(path.parent, os.W_OK):
             raise ResultsFileError(f"cannot write results to {path.parent}: permission denied")
-        store = cls(path, pd.DataFrame(columns=COLUMNS), {"runs": []})
-        return store
+        return cls(path, pd.DataFrame(columns=COLUMNS), {"runs": []})
 
     @classmethod
     def resume(cls, path: Path) -> "ResultsStore":

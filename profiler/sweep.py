@@ -92,7 +92,7 @@ def default_results_path() -> Path:
 
 
 def open_store(request: SweepRequest) -> ResultsStore:
-    return ResultsStore.resume(request.out) if request.resume else ResultsStore.create(request.out, {})
+    return ResultsStore.resume(request.out) if request.resume else ResultsStore.create(request.out)
 
 
 def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -> tuple[list[dict], bool]:

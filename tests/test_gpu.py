@@ -20,7 +20,7 @@ BUDGET = MeasurementBudget(warmup_steps=3, time_budget_s=0.3, min_reps=5, max_re
 
 
 def measure(tmp_path, points, name="r.csv", **options) -> list[dict]:
-    store = ResultsStore.create(tmp_path / name, {})
+    store = ResultsStore.create(tmp_path / name)
     with store:
         return SweepRunner(store, RunnerOptions(budget=BUDGET, **options)).run(points)
 

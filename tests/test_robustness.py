@@ -79,7 +79,7 @@ def test_a_killed_sweep_keeps_every_finished_point_and_resume_completes(tmp_path
 
 def test_a_second_sweep_on_the_same_results_is_refused(tmp_path):
     out = tmp_path / "r.csv"
-    store = ResultsStore.create(out, {})
+    store = ResultsStore.create(out)
     with store:
         store.start_run({"command": ["first"]})
         result = CliRunner().invoke(app, ["sweep", "--models", "sasrec", "--lengths", "8", "--out", str(out),
@@ -93,7 +93,7 @@ def test_the_seed_makes_device_independent_figures_reproducible(tmp_path):
     columns = ["tensor_footprint_mib", "activations_mib", "flops_per_step", "param_count"]
 
     def figures(name: str, seed: int) -> pd.DataFrame:
-        store = ResultsStore.create(tmp_path / name, {})
+        store = ResultsStore.create(tmp_path / name)
         with store:
             points = plan_points(["sasrec", "convrec-light"], [8, 16], ["train", "infer"], ["naive"], 4, "tiny", "cpu",
                                  seed=seed)

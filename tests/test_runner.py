@@ -10,7 +10,7 @@ from profiler.worker import FAULT_ENV
 
 
 def run(tmp_path, points, **options):
-    store = ResultsStore.create(tmp_path / "r.csv", {})
+    store = ResultsStore.create(tmp_path / "r.csv")
     with store:
         rows = SweepRunner(store, RunnerOptions(budget=TINY_BUDGET, **options)).run(points)
     return rows, read_results(tmp_path / "r.csv")

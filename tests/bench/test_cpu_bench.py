@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 
 from models.base import count_parameters
-from .workload import Variant, build_workload, step_costs
+from profiler.workload import build_workload, step_costs
+
+from .workload import Variant
 
 RECORDED = json.loads(Path(__file__).with_name("recorded.json").read_text())
 ROUNDS = 5

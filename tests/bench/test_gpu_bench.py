@@ -22,7 +22,9 @@ from models.registry import REGISTRY
 from profiler.nvml import NvmlMemoryReader, NvmlPeakSampler
 from profiler.points import MODES, MeasurementBudget
 from profiler.timing import time_steps
-from .workload import build_workload, variants
+from profiler.workload import build_workload
+
+from .workload import variants
 
 pytestmark = [
     pytest.mark.gpu,

@@ -16,7 +16,9 @@ from models import convrec_lightweight
 from models.registry import REGISTRY
 from profiler.analysis import growth_verdict
 from profiler.points import MODES
-from .workload import StepCosts, Variant, build_workload, cpu_costs, step_costs, variants
+from profiler.workload import StepCosts, build_workload, step_costs
+
+from .workload import Variant, cpu_costs, variants
 
 RECORDED_PATH = Path(__file__).with_name("recorded.json")
 RECORDED = json.loads(RECORDED_PATH.read_text())

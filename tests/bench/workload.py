@@ -7,9 +7,7 @@ from dataclasses import dataclass
 
 from models.base import ATTENTION_BACKENDS
 from models.registry import REGISTRY
-from profiler.workload import StepCosts, Workload, build_workload, step_costs
-
-__all__ = ["StepCosts", "Variant", "Workload", "build_workload", "cpu_costs", "step_costs", "variants"]
+from profiler.workload import StepCosts, build_workload, step_costs
 
 
 @dataclass(frozen=True)
