@@ -10,7 +10,7 @@ INSTALLED := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 SWEEP_ARGS ?=
 
-.PHONY: sweep test bench clean
+.PHONY: sweep test bench bench-compare clean
 
 $(INSTALLED): pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,13 +25,21 @@ sweep: $(INSTALLED)
 test: $(INSTALLED)
 	$(PYTHON) -m pytest -q
 
-# The GPU benchmarks (tests/bench): times saved by pytest-benchmark, peak memory as the memory gate's
-# baseline, both under results/benchmarks; README.md shows the compare run. Extra pytest flags:
-# make bench BENCH_ARGS="-k sasrec"
+# The GPU benchmarks (tests/bench): `make bench` saves times (pytest-benchmark) and peak memory (the
+# memory gate's baseline) under results/benchmarks; `make bench-compare` fails a benchmark whose
+# median time grew by more than 10% or whose peak memory by more than 10% since that baseline.
+# The garbage collector is off during timed rounds: a collection inside a 1-ms round is a spike.
+# Extra pytest flags: make bench BENCH_ARGS="-k sasrec"; the saved run's name: BENCH_NAME.
 BENCH_ARGS ?=
+BENCH_NAME ?= h100
+BENCH := $(PYTHON) -m pytest tests/bench -m gpu --benchmark-only --benchmark-disable-gc \
+	--benchmark-storage=results/benchmarks
 bench: $(INSTALLED)
-	$(PYTHON) -m pytest tests/bench -m gpu --benchmark-only --benchmark-storage=results/benchmarks \
-		--benchmark-save=h100 --memory-baseline-save=results/benchmarks/memory-baseline.json $(BENCH_ARGS)
+	$(BENCH) --benchmark-save=$(BENCH_NAME) --memory-baseline-save=results/benchmarks/memory-baseline.json $(BENCH_ARGS)
+
+bench-compare: $(INSTALLED)
+	$(BENCH) --benchmark-compare --benchmark-compare-fail=median:10% \
+		--memory-baseline-compare=results/benchmarks/memory-baseline.json $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

@@ -10,7 +10,9 @@ sub-folder's options only when that folder is on the command line: `pytest tests
 from pathlib import Path
 
 import pytest
+import torch
 
+from profiler.environment import collect_environment, git_commit
 from profiler.memory_gate import (
     DEFAULT_BASELINE,
     DEFAULT_TOLERANCE_PCT,
@@ -140,6 +142,22 @@ def pytest_configure(config):
         _baseline_path(config, "memory_baseline_save"), _baseline_path(config, "memory_baseline_compare"), tolerance_pct
     )
     config.pluginmanager.register(gate, "seqprof-memory-gate")
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Saved runs name the GPU, driver and library versions their times belong to, as the sweep's
+    metadata does. The timestamp stays out: pytest-benchmark warns when a compared run's machine
+    info differs, which should mean another machine, not another hour."""
+    environment = collect_environment("cuda" if torch.cuda.is_available() else "cpu")
+    environment.pop("timestamp")
+    machine_info["seqprof"] = environment
+
+
+def pytest_benchmark_update_commit_info(config, commit_info):
+    """pytest-benchmark reads the commit from git; a copy of the tree without git history names it
+    through SEQPROF_GIT_COMMIT, as the sweep's metadata does."""
+    if commit_info.get("id") in ("unknown", "unversioned"):
+        commit_info["id"] = git_commit()
 
 
 @pytest.fixture
