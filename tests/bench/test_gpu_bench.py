@@ -1,17 +1,22 @@
 """GPU benchmarks: every registered model, train step and inference, at L = 50, 200, 500, B = 128.
 
-pytest-benchmark's timer reads the host clock, which does not wait for the GPU; each timed round
-therefore ends in ``torch.cuda.synchronize()``, so a round is the step's full wall time. Memory is
-read around the timed rounds: peak allocated (torch), and this process's device memory from NVML
-(what nvidia-smi shows). Both go to ``benchmark.extra_info`` with FLOPs and the parameter count,
-and the peak allocated figure goes through the memory gate (tests/bench/conftest.py).
+pytest-benchmark's timer reads the host clock, which does not wait for the GPU. Here the timer is
+profiler.device_clock.DeviceClock: each round reads CUDA events around the step, behind a GPU spin
+that keeps the host's kernel launches ahead of the GPU, so a round is the step's device time. That
+is what the compare gates: the small models' steps are bound by the host launching kernels, and
+their host-timed rounds moved by up to 70% between two runs minutes apart on the same H100 machine,
+as the host's speed drifted. The host-timed, synchronized step time stays in ``extra_info`` as
+``wall_median_ms`` beside peak allocated memory, NVML device memory, FLOPs and the parameter count;
+peak allocated memory also goes through the memory gate (tests/bench/conftest.py).
 
-Run with `make bench` (saves a baseline), then compare as README.md shows. Sized for an 80 GB GPU
-and a few minutes: from the step times of results/h100-grid.csv, the 78 points spend about a minute
-in steps on an H100, plus building each model.
+Run with `make bench` (saves a baseline), then `make bench-compare`, as README.md shows. Sized for
+an 80 GB GPU and a few minutes: each run of the 78 points takes about two and a half minutes on an
+H100, building the models included.
 """
 import gc
 import os
+import statistics
+import time
 
 import pytest
 import torch
@@ -19,9 +24,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.base import count_parameters
 from models.registry import REGISTRY
+from profiler.device_clock import DeviceClock, spin_cycles_per_ms
 from profiler.nvml import NvmlMemoryReader, NvmlPeakSampler
 from profiler.points import MODES, MeasurementBudget
-from profiler.timing import time_steps
 from profiler.workload import build_workload
 
 from .workload import variants
@@ -37,11 +42,14 @@ pytestmark = [
 MIB = 2**20
 LENGTHS = (50, 200, 500)
 BATCH_SIZE = 128
-# Rounds fill about a second of device time per point, within bounds: a 1-ms inference gets 200
-# rounds, a 300-ms training step 5. The small steps need the many rounds: they are bound by the host
-# launching kernels, their rounds jitter by tens of percent, and their median must hold within the
-# 10% a compare allows. Warm-up steps run before, untimed.
-BUDGET = MeasurementBudget(warmup_steps=3, time_budget_s=1.0, min_reps=5, max_reps=200)
+# Rounds fill about a second per point, within bounds: a 1-ms inference gets 200 rounds, a 300-ms
+# training step 5; a round's cost includes the spin that holds the queue. Before them, the
+# warm-up steps run synchronized, timed on the host for ``wall_median_ms`` and the launch time.
+BUDGET = MeasurementBudget(warmup_steps=5, time_budget_s=1.0, min_reps=5, max_reps=200)
+# The spin that holds the queue outlasts the slowest warm-up launch by this factor; a round the
+# host still paces doubles it (profiler/device_clock.py).
+SPIN_OVER_LAUNCH = 2.0
+MIN_SPIN_MS = 1.0
 
 # Points left out, with the reason (results/h100-grid.csv: H100 80GB, B = 128, default profiles).
 EXCLUDED = {
@@ -57,8 +65,9 @@ EXCLUDED = {
 @pytest.fixture(scope="module", autouse=True)
 def _one_cpu_core():
     """Pins the benchmark process to one core for the module, as the sweep pins its workers: the
-    small models' training steps are bound by the host launching kernels, and a launching thread
-    that migrates between cores makes their times jitter by more than a 10% compare threshold."""
+    small models' steps are bound by the host launching kernels, and a launching thread that
+    migrates between cores stalls, which would make ``wall_median_ms`` jitter and the spin that
+    keeps the host ahead fall short more often."""
     previous = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {max(previous)})
     yield
@@ -75,6 +84,11 @@ def cases():
 
 
 @pytest.fixture(scope="module")
+def cycles_per_ms():
+    return spin_cycles_per_ms()
+
+
+@pytest.fixture(scope="module")
 def nvml_reader():
     reader = NvmlMemoryReader(torch.cuda.current_device())
     yield reader
@@ -86,8 +100,30 @@ def _free_cuda() -> None:
     torch.cuda.empty_cache()
 
 
+def _host_timed_steps(step, count: int) -> tuple[list[float], list[float]]:
+    """(launch ms, wall ms) of ``count`` synchronized steps: how long the host takes to launch the
+    step, and how long until the GPU has finished it."""
+    launch_ms, wall_ms = [], []
+    for _ in range(count):
+        started = time.perf_counter()
+        step()
+        launched = time.perf_counter()
+        torch.cuda.synchronize()
+        launch_ms.append((launched - started) * 1e3)
+        wall_ms.append((time.perf_counter() - started) * 1e3)
+    return launch_ms, wall_ms
+
+
+def _use_timer(benchmark, clock: DeviceClock) -> None:
+    """pytest-benchmark takes its timer from --benchmark-timer for the whole session; this suite's
+    timer belongs to the GPU benchmarks only, so it is set on their fixture."""
+    if not hasattr(benchmark, "_timer"):
+        pytest.fail("this pytest-benchmark keeps its timer elsewhere: the device clock cannot be set", pytrace=False)
+    benchmark._timer = clock
+
+
 @pytest.mark.parametrize("variant, mode, seq_len", list(cases()))
-def test_step(benchmark, memory_gate, nvml_reader, variant, mode, seq_len):
+def test_step(benchmark, memory_gate, nvml_reader, cycles_per_ms, variant, mode, seq_len):
     spec = REGISTRY[variant.model]
     label = f"{variant.label} {mode} L={seq_len}"
     _free_cuda()  # the previous point's cached blocks would count in this one's NVML figure
@@ -103,19 +139,14 @@ def test_step(benchmark, memory_gate, nvml_reader, variant, mode, seq_len):
         # allocator keeps what it reserved), and read again after timing; its thread stays off
         # during the timed rounds, where it would jitter the host's kernel launches.
         with NvmlPeakSampler(nvml_reader) as sampler:
-            for _ in range(BUDGET.warmup_steps - 1):
-                workload.step()
-            torch.cuda.synchronize()
-            rounds = BUDGET.reps_for(time_steps(workload.step, 1, "cuda")[0] / 1e3)
-
-        def synchronized_step() -> None:
-            workload.step()
-            torch.cuda.synchronize()
-
+            launch_ms, wall_ms = _host_timed_steps(workload.step, BUDGET.warmup_steps)
+        clock = DeviceClock(max(SPIN_OVER_LAUNCH * max(launch_ms), MIN_SPIN_MS), cycles_per_ms)
+        rounds = BUDGET.reps_for((clock.spin_ms + statistics.median(wall_ms)) / 1e3)
         gc.collect()
         torch.cuda.reset_peak_memory_stats()
         benchmark.group = f"{variant.label} {mode}"
-        benchmark.pedantic(synchronized_step, rounds=rounds, iterations=1, warmup_rounds=1)
+        _use_timer(benchmark, clock)
+        benchmark.pedantic(workload.step, setup=clock.hold_queue, rounds=rounds, iterations=1, warmup_rounds=1)
     except torch.OutOfMemoryError:
         out_of_memory = True  # failed below, once the exception no longer holds the step's tensors
     if out_of_memory:
@@ -144,6 +175,12 @@ def test_step(benchmark, memory_gate, nvml_reader, variant, mode, seq_len):
         nvml_peak_mib=max(sampler.peak_mib, nvml_reader.read_mib()),
         nvml_baseline_mib=nvml_baseline_mib,
         nvml_source=nvml_reader.source,
+        timer="device: CUDA events behind a spin that keeps the host ahead",
+        wall_median_ms=statistics.median(wall_ms),
+        launch_max_ms=max(launch_ms),
+        spin_ms=clock.spin_ms,
+        host_paced_rounds=clock.host_paced_rounds,
+        held_rounds=clock.rounds,  # rounds run behind a spin, the warm-up round included
     )
     if benchmark.stats is not None:  # None under --benchmark-disable: the target ran once, untimed
         info["achieved_tflops"] = flops / benchmark.stats.stats.median / 1e12
