@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.profiles import DatasetProfile
@@ -121,3 +122,15 @@ def fused_on_cuda(model: nn.Module) -> dict:
     instead of several per parameter tensor (the authors' code runs the per-tensor loop)."""
     first = next(model.parameters(), None)
     return {"fused": True} if first is not None and first.is_cuda else {}
+
+
+def next_item_bce(pos_logits: torch.Tensor, neg_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SASRec's loss: binary cross-entropy of the next item (label 1) plus that of a sampled
+    negative (label 0), each averaged over the positions where ``target`` is true (the real ones).
+    The mask weights the terms, as in the original's sum(loss * istarget) / sum(istarget), rather
+    than selecting them: selecting by a mask makes the host wait mid-step for the GPU to count the
+    positions, which idles the GPU between the forward and backward launches."""
+    weight = target.to(pos_logits.dtype)
+    pos = F.binary_cross_entropy_with_logits(pos_logits, torch.ones_like(pos_logits), weight=weight, reduction="sum")
+    neg = F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits), weight=weight, reduction="sum")
+    return (pos + neg) / weight.sum()

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.attention import attention
-from models.base import ATTENTION_BACKENDS, Batch, frozen_feature_table, fused_on_cuda, random_items
+from models.base import ATTENTION_BACKENDS, Batch, frozen_feature_table, fused_on_cuda, next_item_bce, random_items
 from models import item_context
 from models.profiles import CONTEXT_FEATURES
 
@@ -174,11 +174,7 @@ class CARCA(nn.Module):
         ids = torch.stack([pos, batch["neg"]], dim=1)  # (B, 2, L)
         targets = self.embed(ids, batch["pos_context"].unsqueeze(1), 1.0).view(b, 2 * length, -1)  # (B, 2L, d)
         logits = self._scores(targets, profile, seq == 0).view(b, 2, length)  # scores (B, h, 2L, L)
-        target = pos != 0
-        pos_logits, neg_logits = logits[:, 0][target], logits[:, 1][target]
-        bce = F.binary_cross_entropy_with_logits(pos_logits, torch.ones_like(pos_logits)) + \
-            F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits))
-        return bce + 0.5 * self.cfg.l2_emb * self.item_emb.weight.square().sum()
+        return next_item_bce(logits[:, 0], logits[:, 1], pos != 0) + 0.5 * self.cfg.l2_emb * self.item_emb.weight.square().sum()
 
     def predict(self, batch: Batch) -> torch.Tensor:
         """Scores (B, C) of ``batch["candidates"]`` at the positive's context."""

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Batch, left_padded_lengths_mask, random_items
+from models.base import Batch, left_padded_lengths_mask, next_item_bce, random_items
 
 
 class PointWiseFeedForward(nn.Module):
@@ -54,11 +54,7 @@ class NextItemModel(nn.Module):
         h = self.encode(batch)  # (B, L, d)
         pos_logits = (h * self.item_emb(batch["pos"])).sum(-1)  # (B, L)
         neg_logits = (h * self.item_emb(batch["neg"])).sum(-1)
-        target = batch["pos"] != 0
-        pos_logits, neg_logits = pos_logits[target], neg_logits[target]
-        return F.binary_cross_entropy_with_logits(
-            pos_logits, torch.ones_like(pos_logits)
-        ) + F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits))
+        return next_item_bce(pos_logits, neg_logits, batch["pos"] != 0)
 
     def predict(self, batch: Batch) -> torch.Tensor:
         h = self.encode(batch)[:, -1]  # (B, d): the last position has seen the whole history

@@ -7,6 +7,7 @@
 PATH defaults to results/benchmarks/memory-baseline.json under the project root. pytest registers a
 sub-folder's options only when that folder is on the command line: `pytest tests/bench ...`.
 """
+import os
 from pathlib import Path
 
 import pytest
@@ -154,9 +155,9 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 
 def pytest_benchmark_update_commit_info(config, commit_info):
-    """pytest-benchmark reads the commit from git; a copy of the tree without git history names it
-    through SEQPROF_GIT_COMMIT, as the sweep's metadata does."""
-    if commit_info.get("id") in ("unknown", "unversioned"):
+    """pytest-benchmark reads the commit from git; a copy of the tree whose git history is absent
+    or not its own names it through SEQPROF_GIT_COMMIT, as the sweep's metadata does."""
+    if os.environ.get("SEQPROF_GIT_COMMIT") or commit_info.get("id") in ("unknown", "unversioned"):
         commit_info["id"] = git_commit()
 
 
