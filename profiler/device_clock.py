@@ -26,12 +26,12 @@ class DeviceInstant:
 
     __slots__ = ("clock", "event")
 
-    def __init__(self, clock: "DeviceClock"):
+    def __init__(self, clock: DeviceClock):
         self.clock = clock
         self.event = torch.cuda.Event(enable_timing=True)
         self.event.record()
 
-    def __sub__(self, earlier: "DeviceInstant") -> float:
+    def __sub__(self, earlier: DeviceInstant) -> float:
         # Asked right after the host has launched the round: if the GPU is already past the start
         # event, it ran (part of) the step as the host launched it, and idled between kernels.
         if earlier.event.query():

@@ -1,7 +1,8 @@
-"""Shared fixtures: the CPU, a tiny profile, and a measurement budget of a few steps."""
+"""Shared fixtures: the CPU, a tiny profile, a measurement budget of a few steps, the GPU spin rate."""
 import pytest
 import torch
 
+from profiler.device_clock import spin_cycles_per_ms
 from profiler.points import MeasurementBudget
 
 TINY_BUDGET = MeasurementBudget(warmup_steps=1, time_budget_s=0.01, min_reps=2, max_reps=3)
@@ -14,3 +15,9 @@ FAST_FLAGS = ["--device", "cpu", "--profile", "tiny", "--batch-size", "4", "--wa
 def _few_threads():
     # Two cores: tests that spawn workers run faster when the parent does not compete for both.
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def cycles_per_ms():
+    """The GPU's spin rate for profiler.device_clock, measured once (needs CUDA)."""
+    return spin_cycles_per_ms()

@@ -2,12 +2,13 @@
 
 The GPU tests need CUDA (CI has none); run them on a GPU machine with `pytest tests/test_device_clock.py`.
 """
+import statistics
 import time
 
 import pytest
 import torch
 
-from profiler.device_clock import MAX_SPIN_MS, DeviceClock, spin_cycles_per_ms
+from profiler.device_clock import MAX_SPIN_MS, DeviceClock
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; CI has none")
 
@@ -44,13 +45,16 @@ def host_wall_s(step, rounds: int) -> list[float]:
     return out
 
 
-def median(values):
-    return sorted(values)[len(values) // 2]
+@pytest.fixture
+def launch_bound_step():
+    x = torch.zeros(1, device="cuda")
 
+    def step():
+        for _ in range(500):
+            x.add_(1)  # each launch costs the host more than the GPU spends on it
 
-@pytest.fixture(scope="module")
-def cycles_per_ms():
-    return spin_cycles_per_ms()
+    step()
+    return step
 
 
 @pytest.mark.gpu
@@ -64,25 +68,19 @@ def test_a_gpu_bound_step_reads_as_its_host_wall_time(cycles_per_ms):
 
     step()
     clock = DeviceClock(1.0, cycles_per_ms)
-    device_s = median(read_rounds(clock, step, 7))
-    assert device_s == pytest.approx(median(host_wall_s(step, 7)), rel=0.05)
+    device_s = statistics.median(read_rounds(clock, step, 7))
+    assert device_s == pytest.approx(statistics.median(host_wall_s(step, 7)), rel=0.05)
     assert clock.host_paced_rounds == 0
 
 
 @pytest.mark.gpu
 @needs_cuda
-def test_a_launch_bound_step_reads_its_device_time_not_the_hosts(cycles_per_ms):
-    x = torch.zeros(1, device="cuda")
-
-    def step():
-        for _ in range(500):
-            x.add_(1)  # each launch costs the host more than the GPU spends on it
-
-    step()
-    wall_s = median(host_wall_s(step, 5))
+def test_a_launch_bound_step_reads_its_device_time_not_the_hosts(cycles_per_ms, launch_bound_step):
+    step = launch_bound_step
+    wall_s = statistics.median(host_wall_s(step, 5))
     held = DeviceClock(4 * wall_s * 1e3, cycles_per_ms)
-    held_s = median(read_rounds(held, step, 7))
-    unheld_s = median(read_rounds(DeviceClock(1.0, cycles_per_ms), step, 7, hold=False))
+    held_s = statistics.median(read_rounds(held, step, 7))
+    unheld_s = statistics.median(read_rounds(DeviceClock(1.0, cycles_per_ms), step, 7, hold=False))
     assert held.host_paced_rounds == 0
     # Behind the spin the kernels run back to back; without it the GPU waits on every launch.
     assert held_s < 0.6 * wall_s
@@ -91,15 +89,8 @@ def test_a_launch_bound_step_reads_its_device_time_not_the_hosts(cycles_per_ms):
 
 @pytest.mark.gpu
 @needs_cuda
-def test_a_spin_too_short_for_the_launches_is_noticed_and_doubled(cycles_per_ms):
-    x = torch.zeros(1, device="cuda")
-
-    def step():
-        for _ in range(500):
-            x.add_(1)
-
-    step()
+def test_a_spin_too_short_for_the_launches_is_noticed_and_doubled(cycles_per_ms, launch_bound_step):
     clock = DeviceClock(0.001, cycles_per_ms)
-    read_rounds(clock, step, 1)
+    read_rounds(clock, launch_bound_step, 1)
     assert clock.host_paced_rounds == 1
     assert clock.spin_ms == pytest.approx(0.002)

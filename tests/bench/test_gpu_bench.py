@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.base import count_parameters
 from models.registry import REGISTRY
-from profiler.device_clock import DeviceClock, spin_cycles_per_ms
+from profiler.device_clock import DeviceClock
 from profiler.nvml import NvmlMemoryReader, NvmlPeakSampler
 from profiler.points import MODES, MeasurementBudget
 from profiler.workload import build_workload
@@ -81,11 +81,6 @@ def cases():
                 reason = EXCLUDED.get((variant.model, seq_len))
                 marks = [pytest.mark.skip(reason=f"{variant.label} L={seq_len}: {reason}")] if reason else []
                 yield pytest.param(variant, mode, seq_len, marks=marks, id=f"{variant.label}-{mode}-L{seq_len}")
-
-
-@pytest.fixture(scope="module")
-def cycles_per_ms():
-    return spin_cycles_per_ms()
 
 
 @pytest.fixture(scope="module")
