@@ -1,15 +1,9 @@
-"""Shared fixtures: the CPU, a tiny profile, a measurement budget of a few steps, the GPU spin rate,
-and the check that two attention backends agree."""
+"""Shared fixtures: one CPU thread for the test process, the GPU spin rate, and the check that two
+attention backends agree. Shared builders are in helpers.py."""
 import pytest
 import torch
 
-from profiler.device_clock import spin_cycles_per_ms
-from profiler.points import MeasurementBudget
-
-TINY_BUDGET = MeasurementBudget(warmup_steps=1, time_budget_s=0.01, min_reps=2, max_reps=3)
-# CLI flags giving the same budget, so CLI tests run in seconds.
-FAST_FLAGS = ["--device", "cpu", "--profile", "tiny", "--batch-size", "4", "--warmup", "1", "--no-plot",
-              "--time-budget-s", "0.01", "--min-reps", "2", "--max-reps", "3"]
+from profiler.trackers.device_clock import spin_cycles_per_ms
 
 
 @pytest.fixture(autouse=True)

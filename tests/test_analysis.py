@@ -1,76 +1,19 @@
 """The scaling analysis: known exponents recovered from noisy data, verdicts, uncertainty, flags,
 crossovers; and a real CPU sweep whose memory verdicts must come out quadratic and linear."""
 import numpy as np
-import pandas as pd
 import pytest
+from helpers import FAST_FLAGS, synthetic_results
 from typer.testing import CliRunner
 
-from conftest import FAST_FLAGS
-from profiler.analysis import (
-    SeriesKey,
-    analyse,
-    crossovers,
-    exponent_at,
-    fit_curve,
-    fit_polynomial,
-    growth_verdict,
-    local_slopes,
-)
+from profiler.analysis.crossovers import crossovers
+from profiler.analysis.curves import fit_curve
+from profiler.analysis.fit import exponent_at, fit_polynomial, growth_verdict, local_slopes
+from profiler.analysis.table import analyse
 from profiler.cli import app
-from profiler.store import COLUMNS, read_results
+from profiler.results.schema import SeriesKey
+from profiler.results.store import read_results
 
 LENGTHS = np.array([50, 100, 200, 300, 400, 500, 600, 700, 800, 900], dtype=float)
-
-# model -> (family, attention, footprint MiB (L), time ms (L)): the shapes of real models.
-SYNTHETIC_MODELS = {
-    "sasrec": ("attention", "naive", lambda L: 20 + 0.1 * L + 0.002 * L**2, lambda L: 2 + 0.01 * L + 1e-4 * L**2),
-    "convrec-light": ("convolution", "none", lambda L: 10 + 0.05 * L, lambda L: 1.5 + 0.004 * L),
-    "cosrec": ("convolution", "none", lambda L: 0.5 * L**2, lambda L: 0.01 * L**2),
-    "caser": ("convolution", "none", lambda L: 5 + 0.3 * L, lambda L: 1 + 1e-6 * L**3),
-}
-
-
-def synthetic_results(
-    lengths=(50, 100, 200, 400, 600, 800),
-    batch_size: int = 8,
-    profile: str = "beauty",
-    oom: dict | None = None,
-    errors: dict | None = None,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """A results table in the store's columns: four models of known growth, with OOM (then skipped)
-    and error rows. ``oom``/``errors`` map a model to the length that fails."""
-    oom = {"cosrec": lengths[3]} if oom is None else oom
-    errors = {"caser": lengths[1]} if errors is None else errors
-    rng = np.random.default_rng(seed)
-    rows = []
-    for model, (family, attention, footprint, time_ms) in SYNTHETIC_MODELS.items():
-        stopped = False
-        for length in lengths:
-            row = dict.fromkeys(COLUMNS)
-            row.update(model=model, family=family, attention=attention, profile=profile, mode="train",
-                       batch_size=batch_size, seq_len=length, device="cuda", dtype="float32", seed=0,
-                       device_name="Test GPU 80GB")
-            if stopped:
-                row.update(status="skipped", error=f"skipped: an earlier length ran out of memory")
-            elif oom.get(model) == length:
-                row.update(status="oom", error="OutOfMemoryError: CUDA out of memory")
-                stopped = True
-            elif errors.get(model) == length:
-                row.update(status="error", error="RuntimeError: injected failure")
-            else:
-                samples = time_ms(length) * (1 + 0.02 * rng.standard_normal(15))
-                memory = footprint(length)
-                row.update(
-                    status="ok", time_median_ms=float(np.median(samples)), reps=len(samples),
-                    step_times_ms=" ".join(f"{s:.4f}" for s in samples),
-                    tensor_footprint_mib=memory, peak_allocated_mib=1.2 * memory + 30,
-                    nvml_peak_mib=1.2 * memory + 530, flops_per_step=2e6 * length + (4e3 * length**2 if attention == "naive" else 0),
-                )
-                row["achieved_tflops"] = row["flops_per_step"] / (row["time_median_ms"] * 1e-3) / 1e12
-            rows.append(row)
-    return pd.DataFrame(rows, columns=COLUMNS)
-
 
 def write_synthetic(path, **kwargs):
     synthetic_results(**kwargs).to_csv(path, index=False)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from models.attention import attention
-from profiler.footprint import SavedTensorsCounter
+from profiler.trackers.footprint import SavedTensorsCounter
 
 
 def inputs(seq_len: int, head_dim: int, seed: int = 0):

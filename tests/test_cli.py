@@ -4,11 +4,12 @@ import sys
 
 import pandas as pd
 import pytest
+from helpers import FAST_FLAGS
 from typer.testing import CliRunner
 
-from conftest import FAST_FLAGS
 from models.registry import REGISTRY
-from profiler.cli import app, resume_command
+from profiler.cli import app
+from profiler.cli.sweep import resume_command
 
 runner = CliRunner()
 
@@ -84,7 +85,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
 
 def test_unwritable_output_folder_is_a_clear_error(tmp_path, monkeypatch):
     # Permission bits do not bind root, so the store's write check is made to see a read-only folder.
-    monkeypatch.setattr("profiler.store.os.access", lambda path, mode: False)
+    monkeypatch.setattr("profiler.results.store.os.access", lambda path, mode: False)
     result = invoke("sweep", "--lengths", "8", "--models", "sasrec", "--out", str(tmp_path / "r.csv"), *FAST_FLAGS)
     assert result.exit_code == 2
     assert "cannot write results to" in result.output and "permission denied" in result.output

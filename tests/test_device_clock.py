@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from profiler.device_clock import MAX_SPIN_MS, DeviceClock
+from profiler.trackers.device_clock import MAX_SPIN_MS, DeviceClock
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; CI has none")
 

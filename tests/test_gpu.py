@@ -8,9 +8,9 @@ import torch
 
 from models.profiles import get_profile
 from models.registry import REGISTRY
-from profiler.points import MeasurementBudget, plan_points
-from profiler.runner import RunnerOptions, SweepRunner
-from profiler.store import ResultsStore
+from profiler.results.store import ResultsStore
+from profiler.run.plan import MeasurementBudget, plan_points
+from profiler.run.runner import RunnerOptions, SweepRunner
 
 pytestmark = [
     pytest.mark.gpu,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from profiler.memory_gate import FORMAT, BaselineFileError, Entry, MemoryBaseline
+from profiler.bench.memory_gate import FORMAT, BaselineFileError, Entry, MemoryBaseline
 
 pytest_plugins = ["pytester"]
 

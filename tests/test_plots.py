@@ -2,14 +2,14 @@
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import SYNTHETIC_MODELS, synthetic_results
 from matplotlib.colors import to_rgb
 from typer.testing import CliRunner
 
-from profiler.analysis import series_of
+from profiler.analysis.series import series_of
 from profiler.cli import app
-from profiler.plots import OOM_Y, build_figures, line_styles, save_figures
-from profiler.store import read_results
-from test_analysis import SYNTHETIC_MODELS, synthetic_results
+from profiler.present.plots import OOM_Y, build_figures, line_styles, save_figures
+from profiler.results.store import read_results
 
 VARIANTS = {"sasrec[naive]", "convrec-light", "cosrec", "caser"}
 

@@ -4,15 +4,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import synthetic_results
 from typer.testing import CliRunner
 
-from profiler.analysis import analyse
+from profiler.analysis.table import analyse
 from profiler.cli import app, main
-from profiler.report import build_report, markdown_report, to_markdown, verdict_table
-from profiler.reproduce import SETUPS, comparison_tables, reproduce_figure, select_rows, sweep_request
-from profiler.points import MeasurementBudget
-from profiler.store import read_results
-from test_analysis import synthetic_results
+from profiler.present.report import build_report, markdown_report, to_markdown, verdict_table
+from profiler.reproduce.compare import comparison_tables, select_rows
+from profiler.reproduce.figure import reproduce_figure
+from profiler.reproduce.setups import SETUPS, sweep_request
+from profiler.results.store import read_results
+from profiler.run.plan import MeasurementBudget
 
 H100_GRID = Path(__file__).resolve().parent.parent / "results" / "h100-grid.csv"
 runner = CliRunner()
@@ -38,7 +40,7 @@ def test_verdict_table_gives_each_variant_its_verdicts_and_where_it_stopped(resu
     assert footprint["cosrec"].startswith("quadratic 2.00")
     assert _cells(table, "time")["caser"].startswith("cubic")
     stopped = _cells(table, "stopped")
-    assert stopped["cosrec"] == "OOM at 400" and stopped["caser"] == "error at 100" and stopped["sasrec[naive]"] == ""
+    assert stopped["cosrec"] == "OOM at L=400" and stopped["caser"] == "error at L=100" and stopped["sasrec[naive]"] == ""
 
 
 def test_report_has_fits_throughput_and_crossovers(results):
@@ -70,7 +72,7 @@ def test_report_command_prints_and_writes_markdown(results, tmp_path):
     result = runner.invoke(app, ["report", str(results), "--markdown", str(markdown)])
     assert result.exit_code == 0, result.output
     assert "1 oom" in result.output and "1 error" in result.output and "2 skipped" in result.output
-    assert "OOM at 400" in result.output
+    assert "OOM at L=400" in result.output
     assert "| sasrec[naive] | attention | train |" in markdown.read_text()
 
 
@@ -93,7 +95,7 @@ def test_report_on_the_h100_grid(tmp_path):
     assert rows["convrec-hier"]["footprint"].startswith("linear")
     assert rows["convrec-light"]["footprint"].startswith("linear")
     assert rows["caser"]["time"].startswith("cubic")
-    assert rows["cosrec"]["stopped"] == "OOM at 300"
+    assert rows["cosrec"]["stopped"] == "OOM at L=300"
 
 
 @pytest.mark.parametrize(

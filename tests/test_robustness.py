@@ -7,13 +7,14 @@ import time
 
 import pandas as pd
 import pytest
+import torch
+from helpers import FAST_FLAGS
 from typer.testing import CliRunner
 
-from conftest import FAST_FLAGS, TINY_BUDGET
 from profiler.cli import app
-from profiler.points import plan_points
-from profiler.runner import RunnerOptions, SweepRunner
-from profiler.store import ResultsStore, read_results
+from profiler.results.store import ResultsStore, read_results
+from profiler.run.plan import plan_points
+from profiler.run.workload import build_workload
 
 LENGTHS = "8,12,16,20,24,28"
 SWEEP = [sys.executable, "-m", "profiler.cli", "sweep", "--models", "sasrec", "--lengths", LENGTHS, *FAST_FLAGS,
@@ -89,17 +90,16 @@ def test_a_second_sweep_on_the_same_results_is_refused(tmp_path):
     assert read_results(out).empty  # the file the first sweep holds is untouched
 
 
-def test_the_seed_makes_device_independent_figures_reproducible(tmp_path):
-    columns = ["tensor_footprint_mib", "activations_mib", "flops_per_step", "param_count"]
+def test_the_seed_fixes_the_weights_and_the_batch_and_is_part_of_the_point_key():
+    def workload(seed: int):
+        return build_workload("sasrec", "naive", "train", 8, 4, "tiny", "cpu", seed=seed)
 
-    def figures(name: str, seed: int) -> pd.DataFrame:
-        store = ResultsStore.create(tmp_path / name)
-        with store:
-            points = plan_points(["sasrec", "convrec-light"], [8, 16], ["train", "infer"], ["naive"], 4, "tiny", "cpu",
-                                 seed=seed)
-            SweepRunner(store, RunnerOptions(budget=TINY_BUDGET)).run(points)
-        return read_results(tmp_path / name)[["model", "mode", "seq_len", "seed", *columns]]
-
-    first, again = figures("a.csv", seed=7), figures("b.csv", seed=7)
-    pd.testing.assert_frame_equal(first, again)
-    assert (first["seed"] == 7).all()
+    first, again, other = workload(7), workload(7), workload(8)
+    for a, b, c in zip(first.model.state_dict().values(), again.model.state_dict().values(),
+                       other.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, c) for a, c in zip(first.model.state_dict().values(), other.model.state_dict().values()))
+    assert all(torch.equal(first.batch[k], again.batch[k]) for k in first.batch)
+    assert not torch.equal(first.batch["seq"], other.batch["seq"])
+    seven, eight = (plan_points(["sasrec"], [8], ["train"], ["naive"], 4, "tiny", "cpu", seed=s)[0] for s in (7, 8))
+    assert seven.key != eight.key  # a resume with another seed measures anew

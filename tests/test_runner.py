@@ -1,12 +1,12 @@
 """The runner: failures are results, an OOM ends its series, a dead worker is replaced."""
 import pandas as pd
 import pytest
+from helpers import TINY_BUDGET
 
-from conftest import TINY_BUDGET
-from profiler.points import plan_points
-from profiler.runner import RunnerOptions, SweepRunner
-from profiler.store import ResultsStore, read_results
-from profiler.worker import FAULT_ENV
+from profiler.results.store import ResultsStore, read_results
+from profiler.run.faults import FAULT_ENV
+from profiler.run.plan import plan_points
+from profiler.run.runner import RunnerOptions, SweepRunner
 
 
 def run(tmp_path, points, **options):

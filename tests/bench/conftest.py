@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from profiler.environment import collect_environment, git_commit
-from profiler.memory_gate import (
+from profiler.bench.memory_gate import (
     DEFAULT_BASELINE,
     DEFAULT_TOLERANCE_PCT,
     BaselineFileError,
@@ -22,6 +21,7 @@ from profiler.memory_gate import (
     Entry,
     MemoryBaseline,
 )
+from profiler.trackers.environment import collect_environment, git_commit
 
 # An option with an optional value swallows the next word, so `--memory-baseline-save tests/bench`
 # would read the test folder as the file; a baseline path must name a .json file, which catches that.

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from models.base import count_parameters
-from profiler.workload import build_workload, step_costs
+from profiler.run.workload import build_workload, step_costs
 
 from .workload import Variant
 

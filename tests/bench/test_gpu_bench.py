@@ -24,10 +24,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.base import count_parameters
 from models.registry import REGISTRY
-from profiler.device_clock import DeviceClock
-from profiler.nvml import NvmlMemoryReader, NvmlPeakSampler
-from profiler.points import MODES, MeasurementBudget
-from profiler.workload import build_workload
+from profiler.results.schema import MODES
+from profiler.run.plan import MeasurementBudget
+from profiler.run.workload import build_workload
+from profiler.trackers.device_clock import DeviceClock
+from profiler.trackers.nvml import NvmlMemoryReader, NvmlPeakSampler
 
 from .workload import variants
 

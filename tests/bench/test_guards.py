@@ -14,9 +14,9 @@ import torch
 
 from models import convrec_lightweight
 from models.registry import REGISTRY
-from profiler.analysis import growth_verdict
-from profiler.points import MODES
-from profiler.workload import StepCosts, build_workload, step_costs
+from profiler.analysis.fit import growth_verdict
+from profiler.results.schema import MODES
+from profiler.run.workload import StepCosts, build_workload, step_costs
 
 from .workload import Variant, cpu_costs, variants
 

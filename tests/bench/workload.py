@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from models.base import ATTENTION_BACKENDS
 from models.registry import REGISTRY
-from profiler.workload import StepCosts, build_workload, step_costs
+from profiler.run.workload import StepCosts, build_workload, step_costs
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from models.base import count_parameters
 from models.profiles import get_profile
 from models.registry import get_spec
-from profiler.footprint import TensorFootprint, inference_footprint, train_step_footprint
-from profiler.points import NO_ATTENTION
+from profiler.results.schema import NO_ATTENTION
+from profiler.trackers.footprint import TensorFootprint, inference_footprint, train_step_footprint
 
 
 @dataclass

@@ -8,15 +8,11 @@ import pandas as pd
 from rich.markup import escape
 from rich.table import Table
 
-from profiler.analysis import (
-    METRIC_LABELS,
-    METRICS,
-    PANEL_COLUMNS,
-    TERM_NAMES,
-    Analysis,
-    CurveFit,
-    achieved_tflops,
-)
+from profiler.analysis.curves import CurveFit
+from profiler.analysis.fit import TERM_NAMES
+from profiler.analysis.table import Analysis, achieved_tflops
+from profiler.results.schema import METRIC_LABELS, METRICS, PANEL_FIELDS, oom_note
+from profiler.units import format_significant
 
 # Short metric names for column headers.
 METRIC_SHORT = {
@@ -40,16 +36,8 @@ class ReportTable:
 
 
 def _panel_text(panel: tuple) -> str:
-    values = dict(zip(PANEL_COLUMNS, panel))
+    values = dict(zip(PANEL_FIELDS, panel))
     return f"{values['mode']}, batch {values['batch_size']}, {values['device']}, {values['dtype']}"
-
-
-def _number(value: float, digits: int = 3) -> str:
-    if value is None or not math.isfinite(value):
-        return "-"
-    if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
-        return f"{value:.{digits - 1}e}"
-    return f"{value:.{digits}g}"
 
 
 def _verdict_cell(fit: CurveFit) -> str:
@@ -62,9 +50,9 @@ def _oom_text(analysis: Analysis, key) -> str:
         if series.key == key:
             parts = []
             if series.oom_lengths:
-                parts.append(f"OOM at {series.oom_lengths[0]}")
+                parts.append(oom_note(series.oom_lengths[0]))
             if series.error_lengths:
-                parts.append(f"error at {','.join(map(str, series.error_lengths))}")
+                parts.append(f"error at L={','.join(map(str, series.error_lengths))}")
             return "; ".join(parts)
     return ""
 
@@ -113,13 +101,13 @@ def fit_table(analysis: Analysis, metric: str, mode: str | None = None) -> Repor
             fit.key.variant,
             fit.key.mode,
             f"{min(fit.lengths):.0f}-{max(fit.lengths):.0f}",
-            _number(fit.values[0]),
-            _number(fit.values[-1]),
+            format_significant(fit.values[0]),
+            format_significant(fit.values[-1]),
             fit.verdict,
             f"{fit.verdict_support:.0%}" if math.isfinite(fit.verdict_support) else "-",
             f"{fit.dominant_term} ({fit.dominant_share:.0%})",
             interval,
-            *[_number(c) for c in fit.coefs],
+            *[format_significant(c) for c in fit.coefs],
             " ".join("-" if not math.isfinite(s) else f"{s:.2f}" for s in fit.slopes),
             "; ".join(fit.flags),
         ])
@@ -142,8 +130,8 @@ def throughput_table(analysis: Analysis, mode: str | None = None) -> ReportTable
         best = int(np.nanargmax(tflops))
         flops = pd.to_numeric(series.ok["flops_per_step"], errors="coerce").to_numpy(dtype=float)
         table.rows.append([
-            series.key.variant, series.key.mode, _number(tflops[0]), _number(tflops[-1]), _number(tflops[best]),
-            str(int(series.ok["seq_len"].iloc[best])), _number(flops[-1] / 1e9),
+            series.key.variant, series.key.mode, format_significant(tflops[0]), format_significant(tflops[-1]), format_significant(tflops[best]),
+            str(int(series.ok["seq_len"].iloc[best])), format_significant(flops[-1] / 1e9),
         ])
     return table
 
@@ -159,7 +147,7 @@ def crossover_table(analysis: Analysis, mode: str | None = None, cross_family_on
     for crossing in sorted(analysis.crossovers, key=lambda c: (c.panel, c.metric, c.length)):
         if crossing.metric not in CROSSOVER_METRICS or (cross_family_only and not crossing.cross_family):
             continue
-        if mode and dict(zip(PANEL_COLUMNS, crossing.panel))["mode"] != mode:
+        if mode and dict(zip(PANEL_FIELDS, crossing.panel))["mode"] != mode:
             continue
         table.rows.append([
             METRIC_SHORT[crossing.metric], _panel_text(crossing.panel), f"{crossing.length:.0f}",
@@ -239,7 +227,7 @@ def markdown_report(tables: list[ReportTable], header: list[str], title: str = "
 
 def make_report(frame: pd.DataFrame, source: str, modes: list[str] | None = None, n_boot: int = 200) -> tuple[list[str], list[ReportTable]]:
     """The header lines and tables of a results table's scaling report."""
-    from profiler.analysis import analyse
+    from profiler.analysis.table import analyse
 
     header = header_lines(frame, source)
     analysis = analyse(frame, n_boot=n_boot)

@@ -7,37 +7,12 @@ file keeps two sweeps from writing the same results at once.
 import fcntl
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from profiler.points import PointSpec
-
-KEY_COLUMNS = list(PointSpec.KEY_FIELDS)
-COLUMNS = [
-    # what was measured
-    "model", "family", "attention", "profile", "mode", "batch_size", "seq_len", "device", "dtype", "seed",
-    "device_name", "num_items", "item_feature_dim",
-    # outcome
-    "status", "error",
-    # time per step
-    "time_median_ms", "time_p10_ms", "time_p90_ms", "time_mean_ms", "time_cv", "time_spread",
-    "reps", "warmup_steps",
-    # device memory
-    "peak_allocated_mib", "peak_reserved_mib", "nvml_peak_mib", "nvml_baseline_mib", "nvml_source", "nvml_samples",
-    # device-independent memory: the tensors a step needs
-    "params_mib", "grads_mib", "optimizer_state_mib", "inputs_mib", "activations_mib", "tensor_footprint_mib",
-    # size and work
-    "param_count", "trainable_param_count", "flops_per_step", "achieved_tflops",
-    # bookkeeping
-    "point_wall_s", "measured_wall_s", "worker_pid", "worker_cpu", "worker_fresh", "worker_start_s", "finished_at",
-    # raw samples, last because they are long
-    "step_times_ms",
-]
-# A file must have these to be read; later-added columns are optional and read as empty.
-REQUIRED_COLUMNS = KEY_COLUMNS + ["status", "error", "time_median_ms", "tensor_footprint_mib", "peak_allocated_mib"]
-STATUSES = ("ok", "oom", "skipped", "error")
+from profiler.results.files import atomic_write_text
+from profiler.results.schema import COLUMNS, KEY_COLUMNS, REQUIRED_COLUMNS, STATUSES
 
 
 class ResultsFileError(Exception):
@@ -73,19 +48,6 @@ def read_results(path: Path) -> pd.DataFrame:
     if frame[["model", "mode", "seq_len", "batch_size"]].isna().any().any():
         raise ResultsFileError(f"results file {path} is corrupted: rows without model, mode, length or batch size")
     return frame
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ResultsStore:
@@ -164,7 +126,7 @@ class ResultsStore:
         self._write_frame()
 
     def _write_frame(self) -> None:
-        _atomic_write_text(self.path, self.frame.to_csv(index=False))
+        atomic_write_text(self.path, self.frame.to_csv(index=False))
 
     def _write_metadata(self) -> None:
-        _atomic_write_text(sidecar_path(self.path), json.dumps(self.metadata, indent=2, default=str) + "\n")
+        atomic_write_text(sidecar_path(self.path), json.dumps(self.metadata, indent=2, default=str) + "\n")

@@ -15,9 +15,10 @@ from typing import Callable
 
 from models.profiles import get_profile
 from models.registry import get_spec
-from profiler.points import MeasurementBudget, PointSpec
-from profiler.store import ResultsStore
-from profiler.worker import worker_main
+from profiler.results.schema import PointSpec, SeriesKey, oom_note
+from profiler.results.store import ResultsStore
+from profiler.run.plan import MeasurementBudget
+from profiler.run.worker import worker_main
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ class SweepRunner:
                     break
                 self.events.on_start(index, len(points), point)
                 if point.series in oom_at and point.seq_len > oom_at[point.series]:
-                    row = self._row(point, {"status": "skipped", "error": f"OOM at L={oom_at[point.series]}"}, 0.0)
+                    row = self._row(point, {"status": "skipped", "error": oom_note(oom_at[point.series])}, 0.0)
                 else:
                     row = self._measure(point)
                     if row["status"] == "oom":
@@ -156,11 +157,11 @@ class SweepRunner:
             self._retire_worker()
         return rows
 
-    def _stored_oom_lengths(self) -> dict[tuple, int]:
-        oom_at: dict[tuple, int] = {}
+    def _stored_oom_lengths(self) -> dict[SeriesKey, int]:
+        oom_at: dict[SeriesKey, int] = {}
         frame = self.store.frame
         for row in frame[frame["status"] == "oom"].itertuples(index=False):
-            series = (row.model, row.attention, row.profile, row.mode, int(row.batch_size), row.device)
+            series = SeriesKey.of(row)
             oom_at[series] = min(int(row.seq_len), oom_at.get(series, int(row.seq_len)))
         return oom_at
 

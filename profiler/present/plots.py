@@ -18,7 +18,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator, ScalarFormatter
 from matplotlib.transforms import blended_transform_factory
 
-from profiler.analysis import METRIC_LABELS, PANEL_COLUMNS, Series, series_of
+from profiler.analysis.series import Series, series_of
+from profiler.results.schema import METRIC_LABELS, PANEL_FIELDS, memory_metric
 
 FAMILY_COLOURS = {
     "attention": ["#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#b8860b", "#7f0000", "#f4a582", "#c51b7d"],
@@ -61,7 +62,7 @@ def panels(series: list[Series]) -> dict[tuple, list[Series]]:
 
 
 def panel_title(panel: tuple, group: list[Series]) -> str:
-    values = dict(zip(PANEL_COLUMNS, panel))
+    values = dict(zip(PANEL_FIELDS, panel))
     names = sorted({s.device_name for s in group})
     return f"{' / '.join(names)} · batch {values['batch_size']} · {values['mode']} · {values['dtype']}"
 
@@ -196,13 +197,6 @@ def ratio_figure(group: list[Series], metrics: list[str], baseline: str, title: 
     return fig
 
 
-def memory_metric(frame: pd.DataFrame) -> str:
-    """The allocator's peak where a GPU measured it, the tensor footprint elsewhere."""
-    if "peak_allocated_mib" in frame and pd.to_numeric(frame["peak_allocated_mib"], errors="coerce").notna().any():
-        return "peak_allocated_mib"
-    return "tensor_footprint_mib"
-
-
 def resolve_baseline(group: list[Series], baseline: str) -> str:
     """A variant name ('sasrec[naive]') or a model name (its naive variant first) -> variant name."""
     variants = [s.key.variant for s in group]
@@ -229,7 +223,7 @@ def build_figures(frame: pd.DataFrame, baseline: str | None = None, stem: str = 
     figures = {}
     for panel, group in grouped.items():
         title = panel_title(panel, group)
-        values = dict(zip(PANEL_COLUMNS, panel))
+        values = dict(zip(PANEL_FIELDS, panel))
         # The mode names the file; batch, device and dtype only where one mode has several panels.
         name = f"{stem}-{values['mode']}"
         if modes.count(values["mode"]) > 1:

@@ -8,7 +8,7 @@ import typer
 from models.base import ATTENTION_BACKENDS
 from models.profiles import PROFILES
 from models.registry import REGISTRY
-from profiler.points import MODES
+from profiler.results.schema import MODES
 
 DEVICES = ("auto", "cuda", "cpu")
 MODE_CHOICES = ("train", "infer", "both")

@@ -10,10 +10,11 @@ import time
 import torch
 
 from models.base import count_trainable_parameters
-from profiler.nvml import NvmlPeakSampler
-from profiler.points import MeasurementBudget, PointSpec
-from profiler.timing import TimingStats, time_steps
-from profiler.workload import build_workload, step_costs
+from profiler.results.schema import PointSpec
+from profiler.run.plan import MeasurementBudget
+from profiler.run.workload import build_workload, step_costs
+from profiler.trackers.nvml import NvmlPeakSampler
+from profiler.trackers.timing import TimingStats, time_steps
 
 MIB = 2**20
 PRIME_LENGTH = 16

@@ -14,9 +14,11 @@ File format::
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from profiler.results.files import atomic_write_text
+from profiler.units import format_mib
 
 FORMAT = "seqprof-memory-baseline/1"
 DEFAULT_BASELINE = Path("results/benchmarks/memory-baseline.json")
@@ -27,11 +29,6 @@ GATED_METRICS = {
     "peak_allocated_mib": "peak allocated",
     "tensor_footprint_mib": "tensor footprint",
 }
-
-
-def format_mib(value: float) -> str:
-    """One decimal for sizes a GPU step has (409.3 MiB), three digits for the small CPU ones (0.535)."""
-    return f"{value:.1f}" if value >= 10 else f"{value:.3g}"
 
 
 class BaselineFileError(Exception):
@@ -137,15 +134,7 @@ class MemoryBaseline:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {"format": FORMAT, "entries": {label: self.entries[label].as_dict() for label in sorted(self.entries)}}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
     def updated(self, measured: dict[str, Entry]) -> "MemoryBaseline":
         """This baseline with the measured entries replacing or adding theirs; others are kept, so

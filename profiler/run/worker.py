@@ -11,12 +11,10 @@ import traceback
 
 import torch
 
-from profiler.measure import measure_point, prime_process
-from profiler.points import MeasurementBudget, PointSpec
-
-# Tests set this to make a worker fail on purpose at one point: "<point label>=<fault>", the fault
-# one of oom, error, exit, segfault, hang.
-FAULT_ENV = "SEQPROF_INJECT_FAULT"
+from profiler.results.schema import PointSpec
+from profiler.run.faults import FAULT_ENV, with_injected_faults
+from profiler.run.measure import measure_point, prime_process
+from profiler.run.plan import MeasurementBudget
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -26,36 +24,18 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
-def _inject_fault(point: PointSpec) -> None:
-    wanted = os.environ.get(FAULT_ENV, "")
-    label, _, fault = wanted.rpartition("=")
-    if label != point.label:
-        return
-    if fault == "oom":
-        raise torch.OutOfMemoryError("injected out-of-memory")
-    if fault == "error":
-        raise RuntimeError("injected failure")
-    if fault == "exit":
-        os._exit(3)
-    if fault == "segfault":
-        os.kill(os.getpid(), signal.SIGSEGV)
-    if fault == "hang":
-        signal.pause()
-
-
 def _release_memory(device: str) -> None:
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
 
 
-def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, prime: bool) -> dict:
+def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, prime: bool, measure=measure_point) -> dict:
     try:
-        _inject_fault(point)
         if prime:
             prime_process(point)
             _release_memory(point.device)
-        record = measure_point(point, budget, nvml_reader)
+        record = measure(point, budget, nvml_reader)
         record["status"] = "ok"
     except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded result
         status = "oom" if _is_out_of_memory(exc) else "error"
@@ -84,7 +64,7 @@ def worker_main(conn, device: str, cpu: int | None = None) -> None:
             torch.cuda.init()
             torch.zeros(1, device="cuda")  # create the context, so the NVML baseline includes it
             try:
-                from profiler.nvml import NvmlMemoryReader
+                from profiler.trackers.nvml import NvmlMemoryReader
 
                 nvml_reader = NvmlMemoryReader(torch.cuda.current_device())
             except Exception as exc:  # noqa: BLE001 - NVML is optional; the rest is measured, the reason kept
@@ -96,6 +76,7 @@ def worker_main(conn, device: str, cpu: int | None = None) -> None:
         os.sched_setaffinity(0, {cpu})
     conn.send({"ready": True})
     primed = device != "cuda"  # lazy kernel loading is a CUDA matter
+    measure = with_injected_faults(measure_point) if os.environ.get(FAULT_ENV) else measure_point
     while True:
         try:
             message = conn.recv()
@@ -105,7 +86,7 @@ def worker_main(conn, device: str, cpu: int | None = None) -> None:
             break
         point = PointSpec(**message["point"])
         budget = MeasurementBudget(**message["budget"])
-        record = measure_safely(point, budget, nvml_reader, prime=not primed)
+        record = measure_safely(point, budget, nvml_reader, prime=not primed, measure=measure)
         primed = True
         if nvml_unavailable:
             record["nvml_source"] = nvml_unavailable

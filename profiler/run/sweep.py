@@ -6,10 +6,12 @@ from pathlib import Path
 
 from models.profiles import get_profile
 from models.registry import REGISTRY, get_spec
-from profiler.environment import collect_environment
-from profiler.points import MeasurementBudget, PointSpec, plan_points
-from profiler.runner import RunnerOptions, SweepEvents, SweepRunner
-from profiler.store import ResultsStore
+from profiler.results.files import timestamped_path
+from profiler.results.schema import PointSpec
+from profiler.results.store import ResultsStore
+from profiler.run.plan import MeasurementBudget, plan_points
+from profiler.run.runner import RunnerOptions, SweepEvents, SweepRunner
+from profiler.trackers.environment import collect_environment
 
 RESULTS_DIR = Path("results")
 
@@ -87,8 +89,7 @@ class SweepRequest:
 
 
 def default_results_path() -> Path:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return RESULTS_DIR / f"sweep-{stamp}.csv"
+    return timestamped_path(RESULTS_DIR, "sweep")
 
 
 def open_store(request: SweepRequest) -> ResultsStore:

@@ -7,20 +7,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from profiler.points import NO_ATTENTION, PointSpec
+from profiler.results.schema import PointSpec, memory_metric, variant_name
 
 STATUS_STYLE = {"ok": "green", "oom": "yellow", "skipped": "dim", "error": "red"}
-
-
-def variant_name(model: str, attention: str) -> str:
-    return model if attention == NO_ATTENTION else f"{model}[{attention}]"
-
-
-def memory_column(frame: pd.DataFrame) -> str:
-    """The memory figure to show: the allocator's peak on a GPU, the tensor footprint elsewhere."""
-    if "peak_allocated_mib" in frame and frame["peak_allocated_mib"].notna().any():
-        return "peak_allocated_mib"
-    return "tensor_footprint_mib"
 
 
 def describe_row(row: dict) -> str:
@@ -75,7 +64,7 @@ class SweepProgress:
 
 def summary_table(frame: pd.DataFrame, title: str) -> Table:
     """Model variant x length: median ms / memory MiB, or the status where no number exists."""
-    memory = memory_column(frame)
+    memory = memory_metric(frame)
     memory_label = "peak alloc MiB" if memory == "peak_allocated_mib" else "tensor footprint MiB"
     table = Table(title=f"{title}\ncells: median ms / {memory_label}")
     lengths = sorted(frame["seq_len"].unique())

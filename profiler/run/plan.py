@@ -1,17 +1,8 @@
-"""What one measured point is, and the plan of points a sweep runs.
-
-A ``PointSpec`` is a frozen, hashable description of one measurement: its knobs identify a row of
-the results table, so resuming a sweep is a set difference between planned and stored keys.
-"""
-import dataclasses
+"""The plan of a sweep: which points, in which order, and how long each is measured."""
 from dataclasses import dataclass
-from typing import Literal
 
 from models.registry import get_spec
-
-Mode = Literal["train", "infer"]
-MODES: tuple[str, ...] = ("train", "infer")
-NO_ATTENTION = "none"  # the attention knob of models without attention layers
+from profiler.results.schema import NO_ATTENTION, PointSpec
 
 
 @dataclass(frozen=True)
@@ -31,39 +22,6 @@ class MeasurementBudget:
     def reps_for(self, step_time_s: float) -> int:
         wanted = int(self.time_budget_s / max(step_time_s, 1e-9))
         return max(self.min_reps, min(self.max_reps, wanted))
-
-
-@dataclass(frozen=True)
-class PointSpec:
-    model: str
-    seq_len: int
-    mode: str
-    batch_size: int
-    profile: str
-    attention: str
-    device: str  # "cuda" or "cpu"
-    seed: int = 0
-    dtype: str = "float32"
-
-    # The knobs that identify a row: two points with equal keys measure the same thing.
-    KEY_FIELDS = ("model", "attention", "profile", "mode", "batch_size", "seq_len", "device", "dtype", "seed")
-
-    @property
-    def key(self) -> tuple:
-        return tuple(getattr(self, name) for name in self.KEY_FIELDS)
-
-    @property
-    def series(self) -> tuple:
-        """Points of one series differ only in length: an OOM ends the longer ones."""
-        return (self.model, self.attention, self.profile, self.mode, self.batch_size, self.device)
-
-    @property
-    def label(self) -> str:
-        name = self.model if self.attention == NO_ATTENTION else f"{self.model}[{self.attention}]"
-        return f"{name} {self.mode} L={self.seq_len}"
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def plan_points(

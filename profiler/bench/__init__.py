@@ -1,0 +1,1 @@
+"""What only the benchmark suite (tests/bench) uses: the memory gate."""

@@ -1,0 +1,6 @@
+"""``python -m profiler.cli``: the seqprof command line."""
+import sys
+
+from profiler.cli import main
+
+sys.exit(main())

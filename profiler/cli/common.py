@@ -1,0 +1,49 @@
+"""What every command shares: the typer app, the consoles, one-line errors, reading results and
+drawing figures."""
+import sys
+from pathlib import Path
+
+import pandas as pd
+import typer
+from rich.console import Console
+
+from profiler.results.store import ResultsFileError, read_results
+
+app = typer.Typer(
+    help="Profile convolutional vs attention sequential recommenders as the sequence grows.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Wide tables stay whole in logs and pipes, where rich would otherwise assume 80 columns.
+console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def fail(message: str) -> None:
+    """A user error found past option parsing: one line, exit code 2, as for a bad parameter."""
+    console.print(f"seqprof: error: {message}", markup=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+PLOTS_DIR = Path("plots")
+
+
+def draw_figures(frame: pd.DataFrame, out_dir: Path, stem: str, baseline: str | None = None) -> None:
+    from profiler.present.plots import plot_results  # matplotlib only for the commands that draw
+
+    try:
+        paths = plot_results(frame, out_dir, stem, baseline)
+    except ValueError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot write figures to {out_dir}: {exc.strerror or exc}")
+    console.print(f"{len(paths)} figures in {out_dir}/: {', '.join(p.name for p in paths if p.suffix == '.png')} (+ SVG)",
+                  soft_wrap=True)
+
+
+def read_or_fail(path: Path) -> pd.DataFrame:
+    try:
+        return read_results(path)
+    except ResultsFileError as exc:
+        fail(str(exc))

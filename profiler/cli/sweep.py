@@ -1,0 +1,124 @@
+"""seqprof sweep: measure a grid of points, with progress, into a results file."""
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from models.registry import REGISTRY
+from profiler.cli import options
+from profiler.cli.common import PLOTS_DIR, console, draw_figures, fail, out
+from profiler.present.display import SweepProgress, summary_table
+from profiler.results.store import ResultsFileError, ResultsStore
+from profiler.run.plan import MeasurementBudget
+from profiler.run.runner import SweepEvents
+from profiler.run.sweep import SweepRequest, default_results_path, defaults_for, open_store, run_sweep
+from profiler.trackers.environment import resolve_device
+
+
+def sweep(
+    lengths: Annotated[Optional[str], typer.Option(callback=options.parse_lengths, help="Sequence lengths, e.g. 50,200,500 [GPU: 50..900 step 100; CPU: 25,50,100].")] = None,
+    models: Annotated[Optional[str], typer.Option(callback=options.parse_models, help="Models, comma-separated [all].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Batch size [GPU: 128; CPU: 8].")] = None,
+    mode: Annotated[Optional[str], typer.Option(callback=options.parse_mode, help="train, infer or both [GPU: both; CPU: train].")] = None,
+    device: Annotated[str, typer.Option(callback=options.parse_device, help="auto, cuda or cpu; auto picks CUDA when present.")] = "auto",
+    attention: Annotated[Optional[str], typer.Option(callback=options.parse_attention, help="Attention backends of attention models: naive (materialised, as the authors), sdpa (fused), or naive,sdpa [GPU: naive,sdpa; CPU: naive].")] = None,
+    profile: Annotated[Optional[str], typer.Option(callback=options.parse_profile, help="Dataset profile for every model [each model's own].")] = None,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="Results CSV [results/sweep-<time>.csv].")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue --out, measuring only the missing points.")] = False,
+    time_budget_s: Annotated[Optional[float], typer.Option(min=0.0, help="Measured time per point; repetitions fill it [GPU 2.0, CPU 0.3].")] = None,
+    min_reps: Annotated[Optional[int], typer.Option(min=1, help="Fewest timed repetitions per point [GPU 5, CPU 3].")] = None,
+    max_reps: Annotated[Optional[int], typer.Option(min=1, help="Most timed repetitions per point [GPU 100, CPU 20].")] = None,
+    warmup: Annotated[Optional[int], typer.Option(min=1, help="Warm-up steps before timing, after the probe step [GPU 3, CPU 2].")] = None,
+    point_timeout_s: Annotated[float, typer.Option(min=1.0, help="A point running longer is recorded as an error.")] = 900.0,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation and synthetic batches.")] = 0,
+    fresh_worker_per_point: Annotated[bool, typer.Option(help="A new worker process for every point (default: one per model variant).")] = False,
+    pin_cpu: Annotated[bool, typer.Option(help="On CUDA, pin the worker to one CPU core: steadier times for launch-bound steps.")] = True,
+    plot: Annotated[bool, typer.Option(help="At the end, draw memory and time vs length into plots/.")] = True,
+) -> None:
+    """Measure memory and time per step over a grid of models and lengths."""
+    try:
+        resolved_device = resolve_device(device)
+    except ValueError as exc:
+        fail(str(exc))
+    defaults = defaults_for(resolved_device)
+    budget = MeasurementBudget(
+        warmup_steps=defaults.budget.warmup_steps if warmup is None else warmup,
+        time_budget_s=defaults.budget.time_budget_s if time_budget_s is None else time_budget_s,
+        min_reps=defaults.budget.min_reps if min_reps is None else min_reps,
+        max_reps=defaults.budget.max_reps if max_reps is None else max_reps,
+    )
+    if budget.min_reps > budget.max_reps:
+        fail(f"--min-reps {budget.min_reps} is larger than --max-reps {budget.max_reps}")
+    if resume and out_path is None:
+        fail("--resume needs --out, the results file to continue")
+    request = SweepRequest(
+        models=models or list(REGISTRY),
+        lengths=lengths or list(defaults.lengths),
+        modes=options.modes_for(mode) if mode else list(defaults.modes),
+        attentions=attention or list(defaults.attentions),
+        batch_size=batch_size or defaults.batch_size,
+        profile=profile,
+        device=resolved_device,
+        seed=seed,
+        budget=budget,
+        out=out_path or default_results_path(),
+        resume=resume,
+        point_timeout_s=point_timeout_s,
+        fresh_worker_per_point=fresh_worker_per_point,
+        pin_cpu=pin_cpu,
+        argv=sys.argv[1:],
+    )
+    store, rows, interrupted, elapsed = measure_with_progress(
+        request,
+        cpu_notice="[bold yellow]Running on the CPU[/] (no CUDA GPU in use): times are CPU times, GPU memory "
+        "columns stay empty; the tensor footprint shows how memory scales.",
+    )
+    frame = store.frame
+    if len(frame):
+        out.print(summary_table(frame, f"seqprof sweep on {frame['device_name'].iloc[-1]}, batch {request.batch_size}"))
+    console.print(f"{len(rows)} points measured in {elapsed:.1f} s; results: {request.out}", soft_wrap=True)
+    if plot and (frame["status"] == "ok").any():
+        draw_figures(frame, PLOTS_DIR, request.out.stem)
+    if interrupted:
+        stop_after_interrupt(request)
+
+
+def measure_with_progress(request: SweepRequest, cpu_notice: str) -> tuple[ResultsStore, list[dict], bool, float]:
+    """Validates the request, opens and locks its results, and runs it with the progress display.
+
+    Returns the store, the rows written, whether Ctrl-C stopped it, and the elapsed seconds.
+    """
+    try:
+        request.validate()
+        store = open_store(request)
+        with store:
+            if request.device == "cpu":
+                console.print(cpu_notice)
+            started = time.perf_counter()
+            with SweepProgress(console) as progress:
+                rows, interrupted = run_sweep(request, store, SweepEvents(progress.on_start, progress.on_result))
+            elapsed = time.perf_counter() - started
+    except (ResultsFileError, ValueError) as exc:
+        fail(str(exc))
+    return store, rows, interrupted, elapsed
+
+
+def stop_after_interrupt(request: SweepRequest) -> None:
+    console.print("[bold]Stopped by Ctrl-C.[/] Every finished point is kept. Resume with:")
+    console.print(resume_command(request.argv, request.out), markup=False, soft_wrap=True)
+    raise typer.Exit(130)
+
+
+def resume_command(argv: list[str], results: Path) -> str:
+    """The user's sweep command with --out pointing at ``results`` and --resume added."""
+    kept, skip_next = [], False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+        elif arg == "--out":
+            skip_next = True
+        elif not (arg.startswith("--out=") or arg == "--resume"):
+            kept.append(arg)
+    return " ".join(["seqprof", *kept, "--out", str(results), "--resume"])

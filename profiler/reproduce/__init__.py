@@ -1,0 +1,1 @@
+"""The source papers' efficiency experiments: setups, the comparison with published numbers, the figure."""

@@ -1,0 +1,90 @@
+"""The comparison drawn the way the paper presents its numbers: lines over L or bars per length."""
+import numpy as np
+from matplotlib.figure import Figure
+
+from profiler.present.plots import FAMILY_COLOURS
+from profiler.reproduce.compare import Selection, measured_values
+from profiler.reproduce.setups import MIB_PER_GIB, Setup
+from profiler.results.schema import NVML_FIRST, memory_metric
+
+
+def _colour(setup: Setup, model: str) -> str:
+    return FAMILY_COLOURS["attention"][0] if model == setup.models[0] else FAMILY_COLOURS["convolution"][0]
+
+
+def _numeric(values: dict[int, float | str]) -> tuple[list[int], list[float]]:
+    points = sorted((l, v) for l, v in values.items() if isinstance(v, float))
+    return [l for l, _ in points], [v for _, v in points]
+
+
+def _line_panel(ax, setup: Setup, measured: dict, published: dict, ylabel: str) -> None:
+    """Measured as solid lines with filled markers, published as hollow markers on dashed lines."""
+    for model in setup.models:
+        colour = _colour(setup, model)
+        lengths, values = _numeric(measured[model])
+        ax.plot(lengths, values, color=colour, marker="o", linestyle="-", label=f"{setup.labels[model]} measured")
+        for length, value in measured[model].items():
+            if value == "OOM":
+                ax.plot([length], [0.97], transform=ax.get_xaxis_transform(), marker="x", color=colour,
+                        markersize=10, markeredgewidth=2, linestyle="none", clip_on=False, label=f"{setup.labels[model]} OOM")
+        own = {l: v for l, v in published.get(model, {}).items() if v is not None}
+        if own:
+            ax.plot(sorted(own), [own[l] for l in sorted(own)], color=colour, marker="s", markerfacecolor="none",
+                    markersize=8, linestyle="--", label=f"{setup.labels[model]} paper ({setup.gpu})")
+    ax.set_xlabel("sequence length")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _bar_panel(ax, setup: Setup, measured: dict, published: dict, ylabel: str) -> None:
+    """Table 5 as grouped bars: per length, each model measured (filled) and published (hatched)."""
+    lengths = list(setup.lengths)
+    width = 0.2
+    offsets = {(m, kind): (2 * i + j - 1.5) * width for i, m in enumerate(setup.models) for j, kind in enumerate(("measured", "paper"))}
+    positions = np.arange(len(lengths))
+    for model in setup.models:
+        colour = _colour(setup, model)
+        for kind, values in (("measured", measured[model]), ("paper", published.get(model, {}))):
+            heights = [values.get(l) if isinstance(values.get(l), float) else 0.0 for l in lengths]
+            bars = ax.bar(positions + offsets[(model, kind)], heights, width, color=colour if kind == "measured" else "none",
+                          edgecolor=colour, hatch=None if kind == "measured" else "//", label=f"{setup.labels[model]} {kind}")
+            for bar, length in zip(bars, lengths):
+                value = values.get(length, "")
+                if value is None or isinstance(value, str) and value:
+                    ax.text(bar.get_x() + bar.get_width() / 2, 0.02, "failed" if value is None else value,
+                            rotation=90, ha="center", va="bottom", fontsize=8, transform=ax.get_xaxis_transform())
+    ax.set_xticks(positions, [str(l) for l in lengths])
+    ax.set_xlabel("sequence length")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def reproduce_figure(setup: Setup, selection: Selection) -> Figure:
+    rows = selection.rows
+    metric = memory_metric(rows, NVML_FIRST)
+    names = ", ".join(sorted(rows["device_name"].dropna().astype(str).unique())) or "unknown device"
+    batch = ", ".join(map(str, sorted(rows["batch_size"].astype(int).unique())))
+    profile = ", ".join(sorted(rows["profile"].astype(str).unique()))
+    title = (f"{setup.name} ({setup.source}): measured on {names} (batch {batch}, {profile}, {metric}) "
+             f"vs published ({setup.gpu})")
+    if not selection.comparable:
+        title += f"\n{selection.why_not}: absolute numbers not comparable with the paper's; compare shapes and ratios"
+    if setup.memory_unit == "GB":
+        fig = Figure(figsize=(9, 5), layout="constrained")
+        ax = fig.subplots()
+        memory = {m: measured_values(rows, m, metric, 1.0 / MIB_PER_GIB) for m in setup.models}
+        _bar_panel(ax, setup, memory, setup.memory, "training memory (GB)")
+    else:
+        fig = Figure(figsize=(12, 5), layout="constrained")
+        memory_ax, time_ax = fig.subplots(1, 2)
+        memory = {m: measured_values(rows, m, metric, 1.0) for m in setup.models}
+        _line_panel(memory_ax, setup, memory, setup.memory, "GPU memory (MB)")
+        time = {m: measured_values(rows, m, "time_median_ms", 1e-3) for m in setup.models}
+        _line_panel(time_ax, setup, time, setup.time_s, "time per batch (s)")
+        memory_ax.set_title("memory", fontsize=10)
+        time_ax.set_title("runtime", fontsize=10)
+    fig.suptitle(title, fontsize=10)
+    return fig

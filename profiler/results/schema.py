@@ -1,0 +1,139 @@
+"""What a row of the results table is: the point's knobs, the series it belongs to, the columns.
+
+Everything that reads or writes rows (the runner, the store, the analysis, the tables and plots)
+takes these names from here, so a knob added to a point reaches every stage through one list.
+"""
+import dataclasses
+from dataclasses import dataclass
+
+import pandas as pd
+
+MODES: tuple[str, ...] = ("train", "infer")
+NO_ATTENTION = "none"  # the attention knob of models without attention layers
+STATUSES = ("ok", "oom", "skipped", "error")
+
+# The knobs a series shares: its points differ only in length (and seed). An OOM ends the longer
+# points of a series; the analysis fits one curve per series.
+SERIES_FIELDS = ("model", "attention", "profile", "mode", "batch_size", "device", "dtype")
+# Curves of different variants are comparable (crossovers, one figure) when these agree.
+PANEL_FIELDS = ("mode", "batch_size", "device", "dtype")
+# The knobs that identify a row: two points with equal keys measure the same thing.
+KEY_FIELDS = (*SERIES_FIELDS, "seq_len", "seed")
+
+
+def variant_name(model: str, attention: str) -> str:
+    """'sasrec[sdpa]' for a model with an attention backend, the model's name otherwise."""
+    return model if attention == NO_ATTENTION else f"{model}[{attention}]"
+
+
+def oom_note(length: int) -> str:
+    """How a series that ran out of memory is marked wherever it is shown."""
+    return f"OOM at L={length}"
+
+
+@dataclass(frozen=True)
+class SeriesKey:
+    model: str
+    attention: str
+    profile: str
+    mode: str
+    batch_size: int
+    device: str
+    dtype: str
+
+    @classmethod
+    def of(cls, row) -> "SeriesKey":
+        """The series of a row: anything with the series fields as attributes (a point, a tuple)."""
+        return cls(**{name: getattr(row, name) for name in SERIES_FIELDS})
+
+    @property
+    def variant(self) -> str:
+        return variant_name(self.model, self.attention)
+
+    @property
+    def panel(self) -> tuple:
+        return tuple(getattr(self, name) for name in PANEL_FIELDS)
+
+
+assert tuple(f.name for f in dataclasses.fields(SeriesKey)) == SERIES_FIELDS
+
+
+@dataclass(frozen=True)
+class PointSpec:
+    """A frozen, hashable description of one measurement: its key identifies a row, so resuming a
+    sweep is a set difference between planned and stored keys."""
+
+    model: str
+    seq_len: int
+    mode: str
+    batch_size: int
+    profile: str
+    attention: str
+    device: str  # "cuda" or "cpu"
+    seed: int = 0
+    dtype: str = "float32"
+
+    @property
+    def key(self) -> tuple:
+        return tuple(getattr(self, name) for name in KEY_FIELDS)
+
+    @property
+    def series(self) -> SeriesKey:
+        return SeriesKey.of(self)
+
+    @property
+    def label(self) -> str:
+        return f"{variant_name(self.model, self.attention)} {self.mode} L={self.seq_len}"
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+KEY_COLUMNS = list(KEY_FIELDS)
+COLUMNS = [
+    # what was measured
+    "model", "family", "attention", "profile", "mode", "batch_size", "seq_len", "device", "dtype", "seed",
+    "device_name", "num_items", "item_feature_dim",
+    # outcome
+    "status", "error",
+    # time per step
+    "time_median_ms", "time_p10_ms", "time_p90_ms", "time_mean_ms", "time_cv", "time_spread",
+    "reps", "warmup_steps",
+    # device memory
+    "peak_allocated_mib", "peak_reserved_mib", "nvml_peak_mib", "nvml_baseline_mib", "nvml_source", "nvml_samples",
+    # device-independent memory: the tensors a step needs
+    "params_mib", "grads_mib", "optimizer_state_mib", "inputs_mib", "activations_mib", "tensor_footprint_mib",
+    # size and work
+    "param_count", "trainable_param_count", "flops_per_step", "achieved_tflops",
+    # bookkeeping
+    "point_wall_s", "measured_wall_s", "worker_pid", "worker_cpu", "worker_fresh", "worker_start_s", "finished_at",
+    # raw samples, last because they are long
+    "step_times_ms",
+]
+# A file must have these to be read; later-added columns are optional and read as empty.
+REQUIRED_COLUMNS = KEY_COLUMNS + ["status", "error", "time_median_ms", "tensor_footprint_mib", "peak_allocated_mib"]
+
+# The metrics the analysis fits against L, and how axes and tables name them.
+METRICS = ("time_median_ms", "peak_allocated_mib", "nvml_peak_mib", "tensor_footprint_mib", "flops_per_step")
+MEMORY_METRICS = ("peak_allocated_mib", "nvml_peak_mib", "tensor_footprint_mib")
+METRIC_LABELS = {
+    "time_median_ms": "time per step (ms)",
+    "peak_allocated_mib": "peak allocated (MiB)",
+    "nvml_peak_mib": "device memory, nvidia-smi (MiB)",
+    "tensor_footprint_mib": "tensor footprint (MiB)",
+    "flops_per_step": "FLOPs per step",
+}
+
+# Memory figures in the order a table or figure prefers them: the allocator's peak where a GPU
+# measured it, else the device-independent tensor footprint (which every device measures).
+ALLOCATOR_FIRST = ("peak_allocated_mib", "tensor_footprint_mib")
+# The papers read nvidia-smi: comparisons with them prefer NVML's figure.
+NVML_FIRST = ("nvml_peak_mib", "peak_allocated_mib", "tensor_footprint_mib")
+
+
+def memory_metric(frame: pd.DataFrame, preference: tuple[str, ...] = ALLOCATOR_FIRST) -> str:
+    """The first memory column in ``preference`` that holds a value in ``frame``."""
+    for metric in preference:
+        if metric in frame and pd.to_numeric(frame[metric], errors="coerce").notna().any():
+            return metric
+    return preference[-1]
