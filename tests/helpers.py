@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 
 from profiler.results.schema import COLUMNS
-from profiler.run.plan import MeasurementBudget
+from profiler.trackers.timing import MeasurementBudget
 
-TINY_BUDGET = MeasurementBudget(warmup_steps=1, time_budget_s=0.01, min_reps=2, max_reps=3)
+TINY_BUDGET = MeasurementBudget(warmup_steps=1, max_warmup_steps=1, time_budget_s=0.01, min_reps=2, max_reps=3)
 # CLI flags giving the same budget, so CLI tests run in seconds.
-FAST_FLAGS = ["--device", "cpu", "--profile", "tiny", "--batch-size", "4", "--warmup", "1", "--no-plot",
+FAST_FLAGS = ["--device", "cpu", "--profile", "tiny", "--batch-size", "4", "--warmup", "1", "--max-warmup", "1", "--no-plot",
               "--time-budget-s", "0.01", "--min-reps", "2", "--max-reps", "3"]
 
 # model -> (family, attention, footprint MiB (L), time ms (L)): the shapes of real models.

@@ -9,8 +9,9 @@ import torch
 from models.profiles import get_profile
 from models.registry import REGISTRY
 from profiler.results.store import ResultsStore
-from profiler.run.plan import MeasurementBudget, plan_points
+from profiler.run.plan import plan_points
 from profiler.run.runner import RunnerOptions, SweepRunner
+from profiler.trackers.timing import MeasurementBudget
 
 pytestmark = [
     pytest.mark.gpu,

@@ -14,7 +14,7 @@ from profiler.reproduce.compare import comparison_tables, select_rows
 from profiler.reproduce.figure import reproduce_figure
 from profiler.reproduce.setups import SETUPS, sweep_request
 from profiler.results.store import read_results
-from profiler.run.plan import MeasurementBudget
+from profiler.trackers.timing import MeasurementBudget
 
 H100_GRID = Path(__file__).resolve().parent.parent / "results" / "h100-grid.csv"
 runner = CliRunner()

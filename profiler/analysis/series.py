@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 
 from profiler.analysis.fit import finite_points
+from profiler.results.record import parse_samples
 from profiler.results.schema import SERIES_FIELDS, SeriesKey
 
 
@@ -27,11 +28,12 @@ class Series:
         return finite_points(self.ok["seq_len"], pd.to_numeric(self.ok[metric], errors="coerce"))
 
     def step_samples(self) -> dict[int, np.ndarray]:
-        """The raw step times (ms) of each ok length, where the row kept them."""
+        """The raw device-time samples (ms) of each ok length, where the row kept them."""
         samples = {}
         for length, text in zip(self.ok["seq_len"], self.ok.get("step_times_ms", pd.Series(dtype=str))):
-            if isinstance(text, str) and text.strip():
-                samples[int(length)] = np.array([float(v) for v in text.split()])
+            values = parse_samples(text)
+            if values:
+                samples[int(length)] = np.array(values)
         return samples
 
 

@@ -9,6 +9,7 @@ from models.base import ATTENTION_BACKENDS
 from models.profiles import PROFILES
 from models.registry import REGISTRY
 from profiler.results.schema import MODES
+from profiler.run.precision import DTYPES
 
 DEVICES = ("auto", "cuda", "cpu")
 MODE_CHOICES = ("train", "infer", "both")
@@ -62,6 +63,10 @@ def parse_models(value: str | None) -> list[str] | None:
 
 def parse_attention(value: str | None) -> list[str] | None:
     return _choice_list(value, ATTENTION_BACKENDS, "attention backend")
+
+
+def parse_dtypes(value: str | None) -> list[str] | None:
+    return _choice_list(value, DTYPES, "dtype")
 
 
 def parse_profile(value: str | None) -> str | None:

@@ -1,4 +1,5 @@
 """seqprof sweep: measure a grid of points, with progress, into a results file."""
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -11,7 +12,6 @@ from profiler.cli import options
 from profiler.cli.common import PLOTS_DIR, console, draw_figures, fail, out
 from profiler.present.display import SweepProgress, summary_table
 from profiler.results.store import ResultsFileError, ResultsStore
-from profiler.run.plan import MeasurementBudget
 from profiler.run.runner import SweepEvents
 from profiler.run.sweep import SweepRequest, default_results_path, defaults_for, open_store, run_sweep
 from profiler.trackers.environment import resolve_device
@@ -27,10 +27,14 @@ def sweep(
     profile: Annotated[Optional[str], typer.Option(callback=options.parse_profile, help="Dataset profile for every model [each model's own].")] = None,
     out_path: Annotated[Optional[Path], typer.Option("--out", help="Results CSV [results/sweep-<time>.csv].")] = None,
     resume: Annotated[bool, typer.Option(help="Continue --out, measuring only the missing points.")] = False,
-    time_budget_s: Annotated[Optional[float], typer.Option(min=0.0, help="Measured time per point; repetitions fill it [GPU 2.0, CPU 0.3].")] = None,
-    min_reps: Annotated[Optional[int], typer.Option(min=1, help="Fewest timed repetitions per point [GPU 5, CPU 3].")] = None,
-    max_reps: Annotated[Optional[int], typer.Option(min=1, help="Most timed repetitions per point [GPU 100, CPU 20].")] = None,
-    warmup: Annotated[Optional[int], typer.Option(min=1, help="Warm-up steps before timing, after the probe step [GPU 3, CPU 2].")] = None,
+    dtype: Annotated[Optional[str], typer.Option(callback=options.parse_dtypes, help="Arithmetic: float32 (full fp32 for convolutions and matrix products), tf32 (TF32 tensor cores for both), or both [float32].")] = None,
+    target_ci: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Stop repeating once the median's 95% interval is within this fraction of it [GPU 0.01, CPU 0.02].")] = None,
+    time_budget_s: Annotated[Optional[float], typer.Option(min=0.0, help="Most timed seconds per point, whatever the interval [GPU 1.0, CPU 0.5].")] = None,
+    min_reps: Annotated[Optional[int], typer.Option(min=1, help="Fewest timed repetitions per point [GPU 5, CPU 5].")] = None,
+    max_reps: Annotated[Optional[int], typer.Option(min=1, help="Most timed repetitions per point [GPU 200, CPU 40].")] = None,
+    warmup: Annotated[Optional[int], typer.Option(min=1, help="Fewest warm-up steps; more run until the step time settles [GPU 3, CPU 2].")] = None,
+    max_warmup: Annotated[Optional[int], typer.Option(min=1, help="Most warm-up steps [GPU 10, CPU 6].")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="torch threads of a worker [GPU 1, CPU 2].")] = None,
     point_timeout_s: Annotated[float, typer.Option(min=1.0, help="A point running longer is recorded as an error.")] = 900.0,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and synthetic batches.")] = 0,
     fresh_worker_per_point: Annotated[bool, typer.Option(help="A new worker process for every point (default: one per model variant).")] = False,
@@ -43,14 +47,13 @@ def sweep(
     except ValueError as exc:
         fail(str(exc))
     defaults = defaults_for(resolved_device)
-    budget = MeasurementBudget(
-        warmup_steps=defaults.budget.warmup_steps if warmup is None else warmup,
-        time_budget_s=defaults.budget.time_budget_s if time_budget_s is None else time_budget_s,
-        min_reps=defaults.budget.min_reps if min_reps is None else min_reps,
-        max_reps=defaults.budget.max_reps if max_reps is None else max_reps,
-    )
+    given = {"warmup_steps": warmup, "max_warmup_steps": max_warmup, "time_budget_s": time_budget_s,
+             "min_reps": min_reps, "max_reps": max_reps, "target_ci": target_ci}
+    budget = dataclasses.replace(defaults.budget, **{k: v for k, v in given.items() if v is not None})
     if budget.min_reps > budget.max_reps:
         fail(f"--min-reps {budget.min_reps} is larger than --max-reps {budget.max_reps}")
+    if budget.warmup_steps > budget.max_warmup_steps:
+        budget = dataclasses.replace(budget, max_warmup_steps=budget.warmup_steps)
     if resume and out_path is None:
         fail("--resume needs --out, the results file to continue")
     request = SweepRequest(
@@ -68,6 +71,8 @@ def sweep(
         point_timeout_s=point_timeout_s,
         fresh_worker_per_point=fresh_worker_per_point,
         pin_cpu=pin_cpu,
+        dtypes=dtype or ["float32"],
+        threads=threads or defaults.threads,
         argv=sys.argv[1:],
     )
     store, rows, interrupted, elapsed = measure_with_progress(

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from profiler.results.files import timestamped_path
-from profiler.run.plan import MeasurementBudget
 from profiler.run.sweep import RESULTS_DIR, SweepRequest
+from profiler.trackers.timing import MeasurementBudget
 
 MIB_PER_GIB = 1024.0
 

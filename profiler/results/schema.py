@@ -96,9 +96,13 @@ COLUMNS = [
     "device_name", "num_items", "item_feature_dim",
     # outcome
     "status", "error",
-    # time per step
+    # time per step: the device's (CUDA events behind a spin; the host clock on the CPU) ...
     "time_median_ms", "time_p10_ms", "time_p90_ms", "time_mean_ms", "time_cv", "time_spread",
-    "reps", "warmup_steps",
+    "time_ci_low_ms", "time_ci_high_ms", "time_ci_rel", "reps", "warmup_steps", "time_clock",
+    # ... and the host's wall time of a synchronised step, which launch-bound steps exceed
+    "wall_median_ms", "wall_p10_ms", "wall_p90_ms", "launch_bound", "noisy", "spin_ms", "host_paced_rounds",
+    # arithmetic and threads the step ran with
+    "matmul_tf32", "cudnn_tf32", "torch_threads",
     # device memory
     "peak_allocated_mib", "peak_reserved_mib", "nvml_peak_mib", "nvml_baseline_mib", "nvml_source", "nvml_samples",
     # device-independent memory: the tensors a step needs
@@ -108,8 +112,10 @@ COLUMNS = [
     # bookkeeping
     "point_wall_s", "measured_wall_s", "worker_pid", "worker_cpu", "worker_fresh", "worker_start_s", "finished_at",
     # raw samples, last because they are long
-    "step_times_ms",
+    "step_times_ms", "wall_times_ms",
 ]
+# Columns read as text whatever they hold (an empty error column would otherwise read as floats).
+TEXT_COLUMNS = {name: "string" for name in ("error", "nvml_source", "time_clock", "step_times_ms", "wall_times_ms")}
 # A file must have these to be read; later-added columns are optional and read as empty.
 REQUIRED_COLUMNS = KEY_COLUMNS + ["status", "error", "time_median_ms", "tensor_footprint_mib", "peak_allocated_mib"]
 

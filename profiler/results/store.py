@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from profiler.results.files import atomic_write_text
-from profiler.results.schema import COLUMNS, KEY_COLUMNS, REQUIRED_COLUMNS, STATUSES
+from profiler.results.schema import COLUMNS, KEY_COLUMNS, REQUIRED_COLUMNS, STATUSES, TEXT_COLUMNS
 
 
 class ResultsFileError(Exception):
@@ -33,7 +33,7 @@ def read_results(path: Path) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise ResultsFileError(f"results file {path} is empty")
     try:
-        frame = pd.read_csv(path, dtype={"error": "string", "nvml_source": "string", "step_times_ms": "string"})
+        frame = pd.read_csv(path, dtype=TEXT_COLUMNS)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ResultsFileError(f"results file {path} is corrupted: {reason}") from None

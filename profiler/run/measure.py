@@ -5,20 +5,22 @@ out-of-memory error propagates to the worker, which records it as a result.
 """
 import contextlib
 import gc
-import time
 
 import torch
 
 from models.base import count_trainable_parameters
+from profiler.results.record import samples_text
 from profiler.results.schema import PointSpec
-from profiler.run.plan import MeasurementBudget
+from profiler.run.precision import apply_precision, precision_flags
 from profiler.run.workload import build_workload, step_costs
 from profiler.trackers.nvml import NvmlPeakSampler
-from profiler.trackers.timing import TimingStats, time_steps
+from profiler.trackers.timing import MeasurementBudget, StepTimes, time_step
+from profiler.units import MIB
 
-MIB = 2**20
 PRIME_LENGTH = 16
 PRIME_BATCH = 8
+# A point whose p90/p10 spread exceeds this is flagged noisy: its median may move between runs.
+NOISY_SPREAD = 0.25
 
 
 def _synchronize(device: str) -> None:
@@ -43,10 +45,40 @@ def prime_process(point: PointSpec) -> None:
     _synchronize(point.device)
 
 
+def timing_columns(times: StepTimes) -> dict:
+    device, wall = times.device, times.wall
+    low, high = device.median_ci_ms
+    return dict(
+        reps=len(device.samples_ms),
+        warmup_steps=times.warmup_steps,
+        time_median_ms=device.median_ms,
+        time_mean_ms=device.mean_ms,
+        time_p10_ms=device.p10_ms,
+        time_p90_ms=device.p90_ms,
+        time_cv=device.cv,
+        time_spread=device.spread,
+        time_ci_low_ms=low,
+        time_ci_high_ms=high,
+        time_ci_rel=device.median_ci_rel,
+        time_clock=times.clock,
+        wall_median_ms=wall.median_ms,
+        wall_p10_ms=wall.p10_ms,
+        wall_p90_ms=wall.p90_ms,
+        launch_bound=times.launch_bound,
+        noisy=device.spread > NOISY_SPREAD,
+        spin_ms=times.spin_ms,
+        host_paced_rounds=times.host_paced_rounds,
+        measured_wall_s=times.timed_wall_s,
+        step_times_ms=samples_text(device.samples_ms),
+        wall_times_ms=samples_text(wall.samples_ms),
+    )
+
+
 def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None) -> dict:
     """The full record of one point. ``nvml_reader`` is an ``NvmlMemoryReader`` on CUDA, else None."""
     device = point.device
-    record: dict = {}
+    apply_precision(point.dtype)
+    record: dict = {"torch_threads": torch.get_num_threads(), **precision_flags()}
     if nvml_reader is not None:
         record["nvml_baseline_mib"] = nvml_reader.read_mib()  # context (and leftovers) before the model
         record["nvml_source"] = nvml_reader.source
@@ -54,7 +86,6 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None)
     workload = build_workload(
         point.model, point.attention, point.mode, point.seq_len, point.batch_size, point.profile, device, point.seed
     )
-    step = workload.step
     costs = step_costs(workload)  # the first step: it also creates the optimizer state
     record.update(
         param_count=costs.param_count,
@@ -68,26 +99,17 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None)
         flops_per_step=costs.flops_per_step,
     )
 
-    # The NVML sampler watches the warm-up, where the process's memory reaches its peak (the caching
-    # allocator keeps what it reserved, so later steps reuse it), and reads once more after timing.
-    # It stays off during the timed steps, where its thread would jitter the host's kernel launches.
-    sampler = NvmlPeakSampler(nvml_reader) if nvml_reader is not None else contextlib.nullcontext()
-    with sampler:
-        for _ in range(budget.warmup_steps - 1):
-            step()
-        _synchronize(device)
-        # The last warm-up step is timed to size the repetition count. It is not a sample: the first
-        # step after the queue drained runs measurably slower than the steady state.
-        reps = budget.reps_for(time_steps(step, 1, device)[0] / 1e3)
-
     gc.collect()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    # The NVML sampler watches the steps, where the process's memory reaches its peak (the caching
+    # allocator keeps what it reserved), and reads once more at the end. Its thread wakes every few
+    # ms; the device time, which the spin keeps off the host's pace, does not feel it.
+    sampler = NvmlPeakSampler(nvml_reader) if nvml_reader is not None else contextlib.nullcontext()
     gc.disable()  # a collection pause inside the timed loop would land in one sample at random
     try:
-        wall_start = time.perf_counter()
-        samples_ms = time_steps(step, reps, device)
-        record["measured_wall_s"] = time.perf_counter() - wall_start
+        with sampler:
+            times = time_step(workload.step, budget, device)
     finally:
         gc.enable()
     if nvml_reader is not None:
@@ -96,18 +118,6 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None)
     if device == "cuda":
         record["peak_allocated_mib"] = torch.cuda.max_memory_allocated() / MIB
         record["peak_reserved_mib"] = torch.cuda.max_memory_reserved() / MIB
-
-    stats = TimingStats.from_samples(samples_ms)
-    record.update(
-        reps=len(samples_ms),
-        warmup_steps=budget.warmup_steps,
-        time_median_ms=stats.median_ms,
-        time_mean_ms=stats.mean_ms,
-        time_p10_ms=stats.p10_ms,
-        time_p90_ms=stats.p90_ms,
-        time_cv=stats.cv,
-        time_spread=stats.spread,
-        achieved_tflops=record["flops_per_step"] / (stats.median_ms * 1e-3) / 1e12,
-        step_times_ms=" ".join(f"{s:.4f}" for s in samples_ms),
-    )
+    record.update(timing_columns(times))
+    record["achieved_tflops"] = record["flops_per_step"] / (record["time_median_ms"] * 1e-3) / 1e12
     return record

@@ -17,8 +17,8 @@ from models.profiles import get_profile
 from models.registry import get_spec
 from profiler.results.schema import PointSpec, SeriesKey, oom_note
 from profiler.results.store import ResultsStore
-from profiler.run.plan import MeasurementBudget
 from profiler.run.worker import worker_main
+from profiler.trackers.timing import MeasurementBudget
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class RunnerOptions:
     point_timeout_s: float = 900.0
     fresh_worker_per_point: bool = False
     pin_cpu: bool = True  # on CUDA: one core for the worker (see worker_main)
+    threads: int = 1  # torch's intra-op threads in the worker
 
 
 class WorkerDied(Exception):
@@ -44,10 +45,11 @@ WORKER_START_TIMEOUT_S = 300.0
 class Worker:
     """One worker process and the pipe to it."""
 
-    def __init__(self, device: str, cpu: int | None = None):
+    def __init__(self, device: str, cpu: int | None = None, threads: int = 1):
         ctx = multiprocessing.get_context("spawn")  # fork would copy the parent's CUDA state
+        self.device = device
         self._conn, child_conn = ctx.Pipe()
-        self.process = ctx.Process(target=worker_main, args=(child_conn, device, cpu), daemon=True)
+        self.process = ctx.Process(target=worker_main, args=(child_conn, device, cpu, threads), daemon=True)
         self._spawned_at = time.perf_counter()
         self.process.start()
         child_conn.close()
@@ -127,6 +129,7 @@ class SweepRunner:
         self.stop_requested = False
         self._worker: Worker | None = None
         self._worker_group: tuple | None = None
+        self._spare: Worker | None = None  # the next worker, started while the current one measures
 
     def request_stop(self) -> None:
         self.stop_requested = True
@@ -155,6 +158,9 @@ class SweepRunner:
                 self.events.on_result(index, len(points), point, row)
         finally:
             self._retire_worker()
+            if self._spare is not None:
+                self._spare.close()
+                self._spare = None
         return rows
 
     def _stored_oom_lengths(self) -> dict[SeriesKey, int]:
@@ -169,7 +175,7 @@ class SweepRunner:
         group = (point.model, point.attention, point.profile, point.device)
         if self._worker is None or group != self._worker_group or self.options.fresh_worker_per_point:
             self._retire_worker()
-            self._worker, self._worker_group = Worker(point.device, self._worker_cpu(point.device)), group
+            self._worker, self._worker_group = self._take_worker(point.device), group
         worker = self._worker
         fresh = worker.points_measured == 0
         started = time.perf_counter()
@@ -190,6 +196,22 @@ class SweepRunner:
         if device != "cuda" or not self.options.pin_cpu or not hasattr(os, "sched_getaffinity"):
             return None
         return max(os.sched_getaffinity(0))
+
+    def _take_worker(self, device: str) -> Worker:
+        """A started worker for ``device``: the spare if there is one, and a new spare behind it.
+
+        On CUDA, starting a worker (imports, CUDA context) takes seconds; the spare does it while
+        the current worker measures, on the other cores (the worker keeps off the measuring core
+        until its first point), so it leaves the sweep's critical path. On the CPU the step needs
+        every core, so workers start when they are needed.
+        """
+        worker = self._spare if self._spare is not None and self._spare.device == device else None
+        if worker is None or not worker.process.is_alive():
+            if self._spare is not None:
+                self._spare.kill()
+            worker = Worker(device, self._worker_cpu(device), self.options.threads)
+        self._spare = Worker(device, self._worker_cpu(device), self.options.threads) if device == "cuda" else None
+        return worker
 
     def _retire_worker(self) -> None:
         if self._worker is not None:

@@ -4,6 +4,7 @@ It answers each point with a record whose ``status`` is ``ok``, ``oom`` (a resul
 not fit) or ``error`` (with the message). The runner retires a worker after anything but ``ok``, so
 a failed point never leaves fragments or a broken context to the next one.
 """
+import ctypes
 import gc
 import os
 import signal
@@ -14,7 +15,9 @@ import torch
 from profiler.results.schema import PointSpec
 from profiler.run.faults import FAULT_ENV, with_injected_faults
 from profiler.run.measure import measure_point, prime_process
-from profiler.run.plan import MeasurementBudget
+from profiler.trackers.timing import MeasurementBudget
+
+PR_SET_PDEATHSIG = 1  # from linux/prctl.h
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -49,7 +52,19 @@ def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, pri
     return record
 
 
-def worker_main(conn, device: str, cpu: int | None = None) -> None:
+def _die_with_parent() -> None:
+    """Asks Linux to kill this process when the runner dies, however it dies (SIGKILL too), so no
+    orphan keeps the GPU busy or overlaps a resumed sweep."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the pipe's EOF still ends the loop
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def worker_main(conn, device: str, cpu: int | None = None, threads: int = 1) -> None:
     """Entry point of the worker process: receive (point, budget) dicts, send records, until None.
 
     ``cpu`` pins the process to one core. A training step of a small model is bound by the host
@@ -58,6 +73,11 @@ def worker_main(conn, device: str, cpu: int | None = None) -> None:
     # Ctrl-C goes to the whole process group; the runner decides when to stop, and the point in
     # flight finishes so its measurement is kept.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    torch.set_num_threads(threads)
+    if cpu is not None and len(os.sched_getaffinity(0)) > 1:
+        # Started ahead of need: keep the import and CUDA start-up off the core a worker measures on.
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - {cpu})
     nvml_reader, nvml_unavailable = None, None
     try:
         if device == "cuda":
@@ -72,9 +92,8 @@ def worker_main(conn, device: str, cpu: int | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - a worker that cannot start says why
         conn.send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
         return
-    if cpu is not None:
-        os.sched_setaffinity(0, {cpu})
     conn.send({"ready": True})
+    pinned = cpu is None
     primed = device != "cuda"  # lazy kernel loading is a CUDA matter
     measure = with_injected_faults(measure_point) if os.environ.get(FAULT_ENV) else measure_point
     while True:
@@ -84,6 +103,9 @@ def worker_main(conn, device: str, cpu: int | None = None) -> None:
             break
         if message is None:
             break
+        if not pinned:
+            os.sched_setaffinity(0, {cpu})
+            pinned = True
         point = PointSpec(**message["point"])
         budget = MeasurementBudget(**message["budget"])
         record = measure_safely(point, budget, nvml_reader, prime=not primed, measure=measure)
@@ -91,6 +113,7 @@ def worker_main(conn, device: str, cpu: int | None = None) -> None:
         if nvml_unavailable:
             record["nvml_source"] = nvml_unavailable
         record["worker_cpu"] = cpu
+        record["torch_threads"] = threads
         conn.send(record)
     if nvml_reader is not None:
         nvml_reader.close()

@@ -1,4 +1,13 @@
-"""Per-step timing: CUDA events on the GPU, the performance counter on the CPU, raw samples kept."""
+"""Per-step timing with raw samples kept: the step's device time, the host's wall time per step, and
+repetitions that stop once the median is known well enough.
+
+On CUDA a step has two times. Its device time is what the GPU spends on it: CUDA events around the
+step, behind a GPU spin that outlasts the host's launching of it (``profiler.trackers.device_clock``),
+so the kernels run back to back whatever the host's speed. Its wall time is what an eager loop that
+synchronises every step (a ``loss.item()`` for logging does) waits: the host clock around the step
+and a synchronisation. A step whose wall time clearly exceeds its device time is bound by the host
+launching kernels. On the CPU both are the host clock.
+"""
 import statistics
 import time
 from dataclasses import dataclass
@@ -6,6 +15,31 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy import stats
+
+from profiler.trackers.device_clock import DeviceClock, spin_cycles_per_ms
+
+# Wall time over device time above this marks a launch-bound step.
+LAUNCH_BOUND_RATIO = 1.2
+# The spin that holds the queue outlasts the slowest warm-up launch by this factor.
+SPIN_OVER_LAUNCH = 2.0
+MIN_SPIN_MS = 0.5
+# Warm-up is over once the last WARMUP_WINDOW step times lie within this fraction of their median.
+WARMUP_WINDOW = 3
+WARMUP_TOLERANCE = 0.10
+CONFIDENCE = 0.95
+
+
+def median_interval(samples, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """A distribution-free interval for the median: the order statistics whose ranks a binomial
+    (n, 1/2) puts outside it with probability 1 - confidence. Step times are skewed (rare host
+    stalls), so no normal approximation."""
+    ordered = np.sort(np.asarray(samples, dtype=float))
+    n = len(ordered)
+    rank = int(stats.binom.ppf((1 - confidence) / 2, n, 0.5))  # 1-based rank of the lower bound
+    low = ordered[max(rank - 1, 0)]
+    high = ordered[min(n - rank, n - 1)]
+    return float(low), float(high)
 
 
 @dataclass(frozen=True)
@@ -14,7 +48,7 @@ class TimingStats:
 
     @classmethod
     def from_samples(cls, samples_ms) -> "TimingStats":
-        if not samples_ms:
+        if not len(samples_ms):
             raise ValueError("no timing samples")
         return cls(tuple(float(s) for s in samples_ms))
 
@@ -46,27 +80,118 @@ class TimingStats:
         """p90 / p10 - 1: the relative width of the central 80% of the samples."""
         return self.p90_ms / self.p10_ms - 1.0
 
+    @property
+    def median_ci_ms(self) -> tuple[float, float]:
+        return median_interval(self.samples_ms)
 
-def time_steps_cuda(step: Callable[[], object], reps: int) -> list[float]:
-    """Times ``reps`` back-to-back steps with one pair of events each; one sync at the end, so the
-    host never stalls the queue between steps and each sample is the step's device time."""
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for start, end in events:
-        start.record()
+    @property
+    def median_ci_rel(self) -> float:
+        """Half the width of the median's interval over the median."""
+        low, high = self.median_ci_ms
+        return (high - low) / 2 / self.median_ms if self.median_ms > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class MeasurementBudget:
+    """Warm up until the step time is stable (within bounds), then repeat until the median's
+    interval is within ``target_ci`` of it, or ``time_budget_s`` is spent, within min/max counts."""
+
+    warmup_steps: int = 3  # at least this many warm-up steps
+    max_warmup_steps: int = 10
+    min_reps: int = 10
+    max_reps: int = 200
+    time_budget_s: float = 2.0  # a cap on the timed steps' wall time, not a target
+    target_ci: float = 0.01
+
+    def reps_for(self, step_time_s: float) -> int:
+        """A fixed count that fills the time budget, within bounds (for timers that take a count)."""
+        wanted = int(self.time_budget_s / max(step_time_s, 1e-9))
+        return max(self.min_reps, min(self.max_reps, wanted))
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """What timing a step gives: device-time samples (the CPU's wall time on the CPU), wall-time
+    samples, and how the clock behaved."""
+
+    device: TimingStats
+    wall: TimingStats
+    warmup_steps: int
+    clock: str  # "cuda-events-behind-spin" or "perf-counter"
+    spin_ms: float = 0.0
+    host_paced_rounds: int = 0
+    timed_wall_s: float = 0.0
+
+    @property
+    def launch_bound(self) -> bool:
+        return self.clock != "perf-counter" and self.wall.median_ms > LAUNCH_BOUND_RATIO * self.device.median_ms
+
+
+def _wall_step_ms(step: Callable[[], object], cuda: bool) -> tuple[float, float]:
+    """One synchronised step: (launch ms, wall ms). Launch is the host's time to issue the step."""
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    step()
+    launched = time.perf_counter()
+    if cuda:
+        torch.cuda.synchronize()
+    return (launched - start) * 1e3, (time.perf_counter() - start) * 1e3
+
+
+def warm_up(step: Callable[[], object], policy: MeasurementBudget, cuda: bool) -> tuple[list[float], list[float]]:
+    """Synchronised steps until the wall time settles; returns their launch and wall times."""
+    launches, walls = [], []
+    while len(walls) < policy.max_warmup_steps:
+        launch_ms, wall_ms = _wall_step_ms(step, cuda)
+        launches.append(launch_ms)
+        walls.append(wall_ms)
+        if len(walls) >= max(policy.warmup_steps, WARMUP_WINDOW):
+            window = walls[-WARMUP_WINDOW:]
+            if max(window) - min(window) <= WARMUP_TOLERANCE * statistics.median(window):
+                break
+    return launches, walls
+
+
+def _repeat(time_one: Callable[[], float], policy: MeasurementBudget) -> tuple[list[float], float]:
+    samples: list[float] = []
+    started = time.perf_counter()
+    while len(samples) < policy.max_reps:
+        samples.append(time_one())
+        if len(samples) >= policy.min_reps:
+            if time.perf_counter() - started >= policy.time_budget_s:
+                break
+            if TimingStats.from_samples(samples).median_ci_rel <= policy.target_ci:
+                break
+    return samples, time.perf_counter() - started
+
+
+def time_step(step: Callable[[], object], policy: MeasurementBudget, device: str) -> StepTimes:
+    """Warms ``step`` up and times it as the policy says. The step must not wait for the GPU itself."""
+    cuda = device == "cuda"
+    launches, walls = warm_up(step, policy, cuda)
+    if not cuda:
+        samples, spent = _repeat(lambda: _wall_step_ms(step, False)[1], policy)
+        stats_ = TimingStats.from_samples(samples)
+        return StepTimes(stats_, stats_, len(walls), "perf-counter", timed_wall_s=spent)
+    clock = DeviceClock(max(SPIN_OVER_LAUNCH * max(launches), MIN_SPIN_MS), spin_cycles_per_ms())
+
+    def device_ms() -> float:
+        clock.hold_queue()
+        start = clock()
         step()
-        end.record()
-    torch.cuda.synchronize()
-    return [start.elapsed_time(end) for start, end in events]
+        return (clock() - start) * 1e3
 
-
-def time_steps_cpu(step: Callable[[], object], reps: int) -> list[float]:
-    samples = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        step()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return samples
-
-
-def time_steps(step: Callable[[], object], reps: int, device: str) -> list[float]:
-    return time_steps_cuda(step, reps) if device == "cuda" else time_steps_cpu(step, reps)
+    device_samples, spent = _repeat(device_ms, policy)
+    # Wall time as an eager loop that synchronises every step sees it; as many samples as the
+    # device time got, capped, since its spread is the host's and no target applies to it.
+    wall_samples = [_wall_step_ms(step, True)[1] for _ in range(min(len(device_samples), policy.min_reps))]
+    return StepTimes(
+        TimingStats.from_samples(device_samples),
+        TimingStats.from_samples(wall_samples),
+        len(walls),
+        "cuda-events-behind-spin",
+        spin_ms=clock.spin_ms,
+        host_paced_rounds=clock.host_paced_rounds,
+        timed_wall_s=spent,
+    )

@@ -25,10 +25,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from models.base import count_parameters
 from models.registry import REGISTRY
 from profiler.results.schema import MODES
-from profiler.run.plan import MeasurementBudget
 from profiler.run.workload import build_workload
 from profiler.trackers.device_clock import DeviceClock
 from profiler.trackers.nvml import NvmlMemoryReader, NvmlPeakSampler
+from profiler.trackers.timing import MeasurementBudget
 
 from .workload import variants
 

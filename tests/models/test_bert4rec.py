@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from models.base import count_parameters
-from models.bert4rec import BERT4Rec, BERT4RecConfig, make_batch, mask_token, max_predictions
+from models.bert4rec import BERT4Rec, BERT4RecConfig, make_batch, mask_token
 
 
 def tiny_config(**overrides) -> BERT4RecConfig:
