@@ -16,7 +16,6 @@ H100, building the models included.
 import gc
 import os
 import statistics
-import time
 
 import pytest
 import torch
@@ -25,10 +24,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from models.base import count_parameters
 from models.registry import REGISTRY
 from profiler.results.schema import MODES
+from profiler.run.precision import apply_precision
 from profiler.run.workload import build_workload
 from profiler.trackers.device_clock import DeviceClock
 from profiler.trackers.nvml import NvmlMemoryReader, NvmlPeakSampler
-from profiler.trackers.timing import MeasurementBudget
+from profiler.trackers.timing import MIN_SPIN_MS, SPIN_OVER_LAUNCH, MeasurementBudget, warm_up
 
 from .workload import variants
 
@@ -47,10 +47,6 @@ BATCH_SIZE = 128
 # training step 5; a round's cost includes the spin that holds the queue. Before them, the
 # warm-up steps run synchronized, timed on the host for ``wall_median_ms`` and the launch time.
 BUDGET = MeasurementBudget(warmup_steps=5, time_budget_s=1.0, min_reps=5, max_reps=200)
-# The spin that holds the queue outlasts the slowest warm-up launch by this factor; a round the
-# host still paces doubles it (profiler/device_clock.py).
-SPIN_OVER_LAUNCH = 2.0
-MIN_SPIN_MS = 1.0
 
 # Points left out, with the reason (results/h100-grid.csv: H100 80GB, B = 128, default profiles).
 EXCLUDED = {
@@ -96,20 +92,6 @@ def _free_cuda() -> None:
     torch.cuda.empty_cache()
 
 
-def _host_timed_steps(step, count: int) -> tuple[list[float], list[float]]:
-    """(launch ms, wall ms) of ``count`` synchronized steps: how long the host takes to launch the
-    step, and how long until the GPU has finished it."""
-    launch_ms, wall_ms = [], []
-    for _ in range(count):
-        started = time.perf_counter()
-        step()
-        launched = time.perf_counter()
-        torch.cuda.synchronize()
-        launch_ms.append((launched - started) * 1e3)
-        wall_ms.append((time.perf_counter() - started) * 1e3)
-    return launch_ms, wall_ms
-
-
 def _use_timer(benchmark, clock: DeviceClock) -> None:
     """pytest-benchmark takes its timer from --benchmark-timer for the whole session; this suite's
     timer belongs to the GPU benchmarks only, so it is set on their fixture."""
@@ -126,6 +108,7 @@ def test_step(benchmark, memory_gate, nvml_reader, cycles_per_ms, variant, mode,
     nvml_baseline_mib = nvml_reader.read_mib()
     workload = None
     out_of_memory = False
+    apply_precision("float32")  # full fp32 for convolutions and matrix products, as the sweep's float32
     try:
         workload = build_workload(variant.model, variant.attention, mode, seq_len, BATCH_SIZE, spec.default_profile, "cuda")
         # The first step is counted: it also creates the optimizer state, before the peak is reset.
@@ -135,7 +118,7 @@ def test_step(benchmark, memory_gate, nvml_reader, cycles_per_ms, variant, mode,
         # allocator keeps what it reserved), and read again after timing; its thread stays off
         # during the timed rounds, where it would jitter the host's kernel launches.
         with NvmlPeakSampler(nvml_reader) as sampler:
-            launch_ms, wall_ms = _host_timed_steps(workload.step, BUDGET.warmup_steps)
+            launch_ms, wall_ms = warm_up(workload.step, BUDGET, cuda=True)
         clock = DeviceClock(max(SPIN_OVER_LAUNCH * max(launch_ms), MIN_SPIN_MS), cycles_per_ms)
         rounds = BUDGET.reps_for((clock.spin_ms + statistics.median(wall_ms)) / 1e3)
         gc.collect()
