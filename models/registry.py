@@ -1,5 +1,16 @@
 """The single explicit list of models seqprof profiles."""
-from models import bert4rec, carca, caser, caser_plus, convrec_hierarchical, convrec_lightweight, cosrec, proxyrca, sasrec
+from models import (
+    bert4rec,
+    carca,
+    caser,
+    caser_plus,
+    convrec_hierarchical,
+    convrec_lightweight,
+    cosrec,
+    linrec,
+    proxyrca,
+    sasrec,
+)
 from models.base import ModelSpec
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -118,6 +129,17 @@ REGISTRY: dict[str, ModelSpec] = {
             make_batch=caser_plus.make_batch,
             default_profile="ml-1m",
             causal=True,
+        ),
+        ModelSpec(
+            name="linrec",
+            family="linear-attention",
+            paper="Liu et al., LinRec: Linear Attention Mechanism for Long-term Sequential Recommender Systems, SIGIR 2023",
+            code="Applied-Machine-Learning-Lab/LinRec (layers.py, on RecBole's SASRec)",
+            config_cls=linrec.LinRecConfig,
+            model_cls=linrec.LinRec,
+            make_batch=linrec.make_batch,
+            default_profile="ml-1m",
+            causal=False,  # the authors' attention ignores its mask; LinRecConfig(causal=True) is the causal form
         ),
     )
 }
