@@ -7,6 +7,7 @@ from models import (
     convrec_hierarchical,
     convrec_lightweight,
     cosrec,
+    fmlp_rec,
     linrec,
     proxyrca,
     sasrec,
@@ -140,6 +141,17 @@ REGISTRY: dict[str, ModelSpec] = {
             make_batch=linrec.make_batch,
             default_profile="ml-1m",
             causal=False,  # the authors' attention ignores its mask; LinRecConfig(causal=True) is the causal form
+        ),
+        ModelSpec(
+            name="fmlp-rec",
+            family="fft-filter",
+            paper="Zhou et al., Filter-enhanced MLP is All You Need for Sequential Recommendation, WWW 2022",
+            code="RUCAIBox/FMLP-Rec (modules.py, models.py)",
+            config_cls=fmlp_rec.FMLPRecConfig,
+            model_cls=fmlp_rec.FMLPRec,
+            make_batch=fmlp_rec.make_batch,
+            default_profile="beauty",
+            causal=False,  # an unpadded FFT filter is a circular convolution over the whole window
         ),
     )
 }
