@@ -9,6 +9,7 @@ from models import (
     cosrec,
     fmlp_rec,
     linrec,
+    lrurec,
     proxyrca,
     sasrec,
 )
@@ -152,6 +153,17 @@ REGISTRY: dict[str, ModelSpec] = {
             make_batch=fmlp_rec.make_batch,
             default_profile="beauty",
             causal=False,  # an unpadded FFT filter is a circular convolution over the whole window
+        ),
+        ModelSpec(
+            name="lrurec",
+            family="recurrence",
+            paper="Yue et al., Linear Recurrent Units for Sequential Recommendation, WSDM 2024",
+            code="yueqirex/LRURec (model/lru.py)",
+            config_cls=lrurec.LRURecConfig,
+            model_cls=lrurec.LRURec,
+            make_batch=lrurec.make_batch,
+            default_profile="ml-1m",
+            causal=True,
         ),
     )
 }
