@@ -10,9 +10,9 @@ with cross-entropy over every item (RecBole's CE loss, one target per sequence).
 
 The attention, per head, with Q, K, V of shape (L, dh):
     Q' = l2norm(elu(Q)),  K' = l2norm(elu(K)),  out = Q' (K'^T V) / sqrt(dh)
-where each query and each key is normalised over the head dimension (the authors' code divides
-the (B, h, L, dh) queries by their norm over dh, and the (B, h, dh, L) transposed keys by theirs
-over dh as well: the paper's "column-wise" for K speaks of K^T, whose columns are positions).
+where each query and each key is normalised over the head dimension: the authors' code divides
+the (B, h, L, dh) queries by their norms over dh, and keeps the keys transposed, (B, h, dh, L),
+dividing each column (one position) by its norm over dh, so neither is normalised over L.
 K'^T V is (dh, dh), so time is O(L dh^2) per head and nothing of size L x L exists.
 
 Masking. The authors' attention ignores the attention mask RecBole hands it: every position sees
