@@ -25,7 +25,7 @@ from torch import nn
 from models.profiles import DatasetProfile
 
 Batch = dict[str, torch.Tensor]
-Family = Literal["attention", "convolution"]
+Family = Literal["attention", "convolution", "linear-attention", "fft-filter", "recurrence"]
 ATTENTION_BACKENDS = ("naive", "sdpa")
 
 
@@ -47,7 +47,7 @@ class ModelSpec:
     model_cls: Callable[[Any], nn.Module]
     make_batch: Callable[..., Batch]
     default_profile: str
-    causal: bool  # True: position t sees items <= t; False: bidirectional with a padding mask
+    causal: bool  # True: position t sees items <= t; False: a position may see the whole window
     needs_item_features: bool = False
     max_len_limit: int | None = None  # longest length the model supports, None for unbounded
     min_len: int = 1  # shortest length the model supports

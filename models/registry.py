@@ -1,5 +1,18 @@
 """The single explicit list of models seqprof profiles."""
-from models import bert4rec, carca, caser, caser_plus, convrec_hierarchical, convrec_lightweight, cosrec, proxyrca, sasrec
+from models import (
+    bert4rec,
+    carca,
+    caser,
+    caser_plus,
+    convrec_hierarchical,
+    convrec_lightweight,
+    cosrec,
+    fmlp_rec,
+    linrec,
+    lrurec,
+    proxyrca,
+    sasrec,
+)
 from models.base import ModelSpec
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -116,6 +129,39 @@ REGISTRY: dict[str, ModelSpec] = {
             config_cls=caser_plus.CaserPlusConfig,
             model_cls=caser_plus.CaserPlus,
             make_batch=caser_plus.make_batch,
+            default_profile="ml-1m",
+            causal=True,
+        ),
+        ModelSpec(
+            name="linrec",
+            family="linear-attention",
+            paper="Liu et al., LinRec: Linear Attention Mechanism for Long-term Sequential Recommender Systems, SIGIR 2023",
+            code="Applied-Machine-Learning-Lab/LinRec (layers.py, on RecBole's SASRec)",
+            config_cls=linrec.LinRecConfig,
+            model_cls=linrec.LinRec,
+            make_batch=linrec.make_batch,
+            default_profile="ml-1m",
+            causal=False,  # the authors' attention ignores its mask; LinRecConfig(causal=True) is the causal form
+        ),
+        ModelSpec(
+            name="fmlp-rec",
+            family="fft-filter",
+            paper="Zhou et al., Filter-enhanced MLP is All You Need for Sequential Recommendation, WWW 2022",
+            code="RUCAIBox/FMLP-Rec (modules.py, models.py)",
+            config_cls=fmlp_rec.FMLPRecConfig,
+            model_cls=fmlp_rec.FMLPRec,
+            make_batch=fmlp_rec.make_batch,
+            default_profile="beauty",
+            causal=False,  # an unpadded FFT filter is a circular convolution over the whole window
+        ),
+        ModelSpec(
+            name="lrurec",
+            family="recurrence",
+            paper="Yue et al., Linear Recurrent Units for Sequential Recommendation, WSDM 2024",
+            code="yueqirex/LRURec (model/lru.py)",
+            config_cls=lrurec.LRURecConfig,
+            model_cls=lrurec.LRURec,
+            make_batch=lrurec.make_batch,
             default_profile="ml-1m",
             causal=True,
         ),
