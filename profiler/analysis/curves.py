@@ -12,6 +12,7 @@ import numpy as np
 
 from profiler.analysis.fit import (
     TERM_NAMES,
+    VERDICTS,
     evaluate,
     exponent_at,
     finite_points,
@@ -24,6 +25,9 @@ from profiler.analysis.fit import (
 )
 from profiler.results.schema import MEMORY_METRICS, SeriesKey
 
+# Two lengths fit any curve of one growing term: a verdict needs a third to test it against.
+MIN_VERDICT_LENGTHS = 3
+NO_VERDICT = "n/a"
 # A memory value may dip by this fraction as L grows (allocator rounding) before it is flagged.
 MEMORY_DIP = 0.02
 # Time that grows by less than this factor over a tenfold length range is flagged as flat.
@@ -86,7 +90,7 @@ def plausibility_flags(metric: str, lengths, values) -> list[str]:
     """What makes a curve suspect: memory or FLOPs that fall as L grows, time that does not grow."""
     flags = []
     if len(lengths) < 3:
-        flags.append(f"only {len(lengths)} lengths")
+        flags.append(f"only {len(lengths)} lengths: no verdict (one needs {MIN_VERDICT_LENGTHS})")
     if metric in MEMORY_METRICS or metric == "flops_per_step":
         for i in range(1, len(values)):
             if values[i] < values[i - 1] * (1 - MEMORY_DIP):
@@ -137,11 +141,15 @@ def fit_curve(
             lengths, values = lengths[floor:], values[floor:]
     weights = relative_weights(values)
     coefs = fit_many(lengths, values, weights)[0]
-    verdict = verdict_from_coefs(coefs, lengths)
+    verdict = verdict_from_coefs(coefs, lengths) if len(lengths) >= MIN_VERDICT_LENGTHS else NO_VERDICT
     longest = lengths.max()
     shares = term_shares(coefs, longest)
     if metric.startswith("time") and shares[0] >= OVERHEAD_SHARE:
         flags.append(f"overhead-bound: constant term is {shares[0]:.0%} of the time at L={longest:.0f}")
+    dominant = int(np.argmax(shares))
+    if verdict in VERDICTS and VERDICTS.index(verdict) != dominant:
+        flags.append(f"{verdict} by its growing term, but {TERM_NAMES[dominant]} dominates at L={longest:.0f} "
+                     f"({shares[dominant]:.0%})")
     exponent_ci, support = (math.nan, math.nan), math.nan
     if n_boot > 0:
         rng = np.random.default_rng(seed)

@@ -27,6 +27,13 @@ class Series:
             return np.array([]), np.array([])
         return finite_points(self.ok["seq_len"], pd.to_numeric(self.ok[metric], errors="coerce"))
 
+    @property
+    def launch_bound_lengths(self) -> list[int]:
+        if "launch_bound" not in self.ok:
+            return []
+        flagged = self.ok["launch_bound"].map(lambda v: str(v).lower() == "true")
+        return sorted(int(v) for v in self.ok.loc[flagged, "seq_len"])
+
     def step_samples(self) -> dict[int, np.ndarray]:
         """The raw device-time samples (ms) of each ok length, where the row kept them."""
         samples = {}

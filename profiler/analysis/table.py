@@ -1,4 +1,5 @@
 """The analysis of a whole results table: every series, every metric's fit, the crossovers."""
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,5 +44,10 @@ def analyse(frame: pd.DataFrame, metrics=METRICS, n_boot: int = 200, seed: int =
             if len(np.unique(lengths)) < 2:
                 continue
             samples = s.step_samples() if metric == "time_median_ms" else None
-            fits.append(fit_curve(s.key, s.family, metric, lengths, values, samples, n_boot, seed))
+            fit = fit_curve(s.key, s.family, metric, lengths, values, samples, n_boot, seed)
+            if metric == "time_median_ms" and s.launch_bound_lengths:
+                # The fit is of device time; an eager loop at these lengths waits for the host.
+                shown = ",".join(map(str, s.launch_bound_lengths))
+                fit = dataclasses.replace(fit, flags=(*fit.flags, f"launch-bound at L={shown}: wall time exceeds device time"))
+            fits.append(fit)
     return Analysis(series, fits, all_crossovers(fits))

@@ -11,7 +11,7 @@ from models.registry import REGISTRY
 from profiler.cli import options
 from profiler.cli.common import PLOTS_DIR, console, draw_figures, fail, out
 from profiler.present.display import SweepProgress, summary_table
-from profiler.results.store import ResultsFileError, ResultsStore
+from profiler.results.store import ResultsFileError, ResultsStore, recorded_run
 from profiler.run.runner import SweepEvents
 from profiler.run.sweep import SweepRequest, default_results_path, defaults_for, open_store, run_sweep
 from profiler.trackers.environment import resolve_device
@@ -30,9 +30,9 @@ def sweep(
     dtype: Annotated[Optional[str], typer.Option(callback=options.parse_dtypes, help="Arithmetic: float32 (full fp32 for convolutions and matrix products), tf32 (TF32 tensor cores for both), or both [float32].")] = None,
     target_ci: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Stop repeating once the median's 95% interval is within this fraction of it [GPU 0.01, CPU 0.02].")] = None,
     time_budget_s: Annotated[Optional[float], typer.Option(min=0.0, help="Most timed seconds per point, whatever the interval [GPU 1.0, CPU 0.5].")] = None,
-    min_reps: Annotated[Optional[int], typer.Option(min=1, help="Fewest timed repetitions per point [GPU 5, CPU 5].")] = None,
+    min_reps: Annotated[Optional[int], typer.Option(min=1, help="Fewest timed repetitions per point [GPU 3, CPU 5].")] = None,
     max_reps: Annotated[Optional[int], typer.Option(min=1, help="Most timed repetitions per point [GPU 200, CPU 40].")] = None,
-    warmup: Annotated[Optional[int], typer.Option(min=1, help="Fewest warm-up steps; more run until the step time settles [GPU 3, CPU 2].")] = None,
+    warmup: Annotated[Optional[int], typer.Option(min=1, help="Fewest warm-up steps; more run until the step time settles [GPU 2, CPU 2].")] = None,
     max_warmup: Annotated[Optional[int], typer.Option(min=1, help="Most warm-up steps [GPU 10, CPU 6].")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="torch threads of a worker [GPU 1, CPU 2].")] = None,
     point_timeout_s: Annotated[float, typer.Option(min=1.0, help="A point running longer is recorded as an error.")] = 900.0,
@@ -56,6 +56,22 @@ def sweep(
         budget = dataclasses.replace(budget, max_warmup_steps=budget.warmup_steps)
     if resume and out_path is None:
         fail("--resume needs --out, the results file to continue")
+    recorded = recorded_options(out_path) if resume else {}
+    # What the file's run used, where the user gives nothing else: a resume continues that sweep.
+    models = models or recorded.get("models")
+    lengths = lengths or recorded.get("lengths")
+    mode = mode or recorded.get("mode")
+    attention = attention or recorded.get("attention")
+    dtype = dtype or recorded.get("dtypes")
+    for option, given, kept in (("--batch-size", batch_size, recorded.get("batch_size")),
+                                ("--profile", profile, recorded.get("profile")),
+                                ("--seed", seed if seed != 0 else None, recorded.get("seed"))):
+        if given is not None and kept is not None and given != kept:
+            fail(f"{option} {given} conflicts with {out_path}, measured with {option} {kept}; "
+                 "drop it to continue that sweep, or give another --out")
+    batch_size = batch_size or recorded.get("batch_size")
+    profile = profile or (recorded.get("profile") if isinstance(recorded.get("profile"), str) else None)
+    seed = recorded.get("seed", seed) if seed == 0 else seed
     request = SweepRequest(
         models=models or list(REGISTRY),
         lengths=lengths or list(defaults.lengths),
@@ -88,6 +104,23 @@ def sweep(
         draw_figures(frame, PLOTS_DIR, request.out.stem)
     if interrupted:
         stop_after_interrupt(request)
+
+
+def recorded_options(out_path: Path) -> dict:
+    """The options of the run recorded beside ``out_path``, in the CLI's terms; a corrupted sidecar
+    is a one-line error."""
+    try:
+        run = recorded_run(out_path)
+    except ResultsFileError as exc:
+        fail(str(exc))
+    if not run:
+        return {}
+    modes = run.get("modes") or []
+    return {
+        "models": run.get("models"), "lengths": run.get("lengths"), "attention": run.get("attention"),
+        "dtypes": run.get("dtypes"), "batch_size": run.get("batch_size"), "profile": run.get("profile"),
+        "seed": run.get("seed"), "mode": "both" if set(modes) == {"train", "infer"} else (modes[0] if modes else None),
+    }
 
 
 def measure_with_progress(request: SweepRequest, cpu_notice: str) -> tuple[ResultsStore, list[dict], bool, float]:

@@ -12,6 +12,17 @@ from profiler.results.schema import PointSpec, memory_metric, variant_name
 STATUS_STYLE = {"ok": "green", "oom": "yellow", "skipped": "dim", "error": "red"}
 
 
+LAUNCH_MARK, NOISY_MARK = "*", "~"
+
+
+def _flag(row, column: str) -> bool:
+    return str(row.get(column, "")).lower() == "true"
+
+
+def _marks(row) -> str:
+    return (LAUNCH_MARK if _flag(row, "launch_bound") else "") + (NOISY_MARK if _flag(row, "noisy") else "")
+
+
 def describe_row(row: dict) -> str:
     status = row["status"]
     style = STATUS_STYLE.get(status, "")
@@ -20,7 +31,10 @@ def describe_row(row: dict) -> str:
         memory = row.get("peak_allocated_mib")
         if memory is None or (isinstance(memory, float) and math.isnan(memory)):
             memory = row["tensor_footprint_mib"]
-        text += f"  {row['time_median_ms']:9.2f} ms  {memory:9.1f} MiB  spread {row['time_spread']:.1%}"
+        text += f"  {row['time_median_ms']:9.2f} ms  {memory:9.1f} MiB  spread {row['time_spread']:6.1%}"
+        if row.get("wall_median_ms") is not None and row.get("time_clock") != "perf-counter":
+            text += f"  wall {row['wall_median_ms']:8.2f} ms"
+        text += f" {_marks(row)}"
     elif row.get("error"):
         text += f"  {escape(str(row['error']))}"
     return text
@@ -66,7 +80,8 @@ def summary_table(frame: pd.DataFrame, title: str) -> Table:
     """Model variant x length: median ms / memory MiB, or the status where no number exists."""
     memory = memory_metric(frame)
     memory_label = "peak alloc MiB" if memory == "peak_allocated_mib" else "tensor footprint MiB"
-    table = Table(title=f"{title}\ncells: median ms / {memory_label}")
+    table = Table(title=f"{title}\ncells: median device ms / {memory_label}; "
+                        f"{LAUNCH_MARK} launch-bound (wall time exceeds it), {NOISY_MARK} noisy (p90/p10 spread > 25%)")
     lengths = sorted(frame["seq_len"].unique())
     table.add_column("model")
     table.add_column("mode")
@@ -80,7 +95,7 @@ def summary_table(frame: pd.DataFrame, title: str) -> Table:
             if row is None:
                 cells.append("")
             elif row["status"] == "ok":
-                cells.append(f"{row['time_median_ms']:.2f} / {row[memory]:.0f}")
+                cells.append(f"{row['time_median_ms']:.2f} / {row[memory]:.0f}{_marks(row)}")
             else:
                 cells.append(f"[{STATUS_STYLE[row['status']]}]{row['status']}[/]")
         table.add_row(escape(variant_name(model, attention)), mode, *cells)

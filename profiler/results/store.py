@@ -50,6 +50,18 @@ def read_results(path: Path) -> pd.DataFrame:
     return frame
 
 
+def recorded_run(path: Path) -> dict:
+    """The options of the latest run recorded in the sidecar of ``path`` ({} if there is none)."""
+    meta_path = sidecar_path(Path(path))
+    if not meta_path.is_file():
+        return {}
+    try:
+        runs = json.loads(meta_path.read_text()).get("runs") or []
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        raise ResultsFileError(f"metadata file {meta_path} is corrupted or unreadable") from None
+    return runs[-1] if isinstance(runs, list) and runs and isinstance(runs[-1], dict) else {}
+
+
 class ResultsStore:
     """An open results file that a sweep appends to; use as a context manager to hold the lock."""
 

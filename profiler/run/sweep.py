@@ -39,7 +39,7 @@ GPU_DEFAULTS = DeviceDefaults(
     batch_size=128,
     modes=("train", "infer"),
     attentions=("naive", "sdpa"),
-    budget=MeasurementBudget(warmup_steps=3, max_warmup_steps=10, min_reps=5, max_reps=200, time_budget_s=1.0,
+    budget=MeasurementBudget(warmup_steps=2, max_warmup_steps=10, min_reps=3, max_reps=200, time_budget_s=1.0,
                              target_ci=0.01),
     threads=1,
 )

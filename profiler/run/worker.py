@@ -83,6 +83,10 @@ def worker_main(conn, device: str, cpu: int | None = None, threads: int = 1) -> 
         if device == "cuda":
             torch.cuda.init()
             torch.zeros(1, device="cuda")  # create the context, so the NVML baseline includes it
+            # Load cuDNN and create the cuBLAS handle now, host-side work that a worker started
+            # ahead of need does while another measures, rather than inside its first point.
+            torch.backends.cudnn.version()
+            torch.cuda.current_blas_handle()
             try:
                 from profiler.trackers.nvml import NvmlMemoryReader
 

@@ -25,7 +25,7 @@ LAUNCH_BOUND_RATIO = 1.2
 SPIN_OVER_LAUNCH = 2.0
 MIN_SPIN_MS = 0.5
 # Warm-up is over once the last WARMUP_WINDOW step times lie within this fraction of their median.
-WARMUP_WINDOW = 3
+WARMUP_WINDOW = 2
 WARMUP_TOLERANCE = 0.10
 CONFIDENCE = 0.95
 
@@ -96,7 +96,7 @@ class MeasurementBudget:
     """Warm up until the step time is stable (within bounds), then repeat until the median's
     interval is within ``target_ci`` of it, or ``time_budget_s`` is spent, within min/max counts."""
 
-    warmup_steps: int = 3  # at least this many warm-up steps
+    warmup_steps: int = 2  # at least this many warm-up steps
     max_warmup_steps: int = 10
     min_reps: int = 10
     max_reps: int = 200
@@ -174,7 +174,9 @@ def time_step(step: Callable[[], object], policy: MeasurementBudget, device: str
         samples, spent = _repeat(lambda: _wall_step_ms(step, False)[1], policy)
         stats_ = TimingStats.from_samples(samples)
         return StepTimes(stats_, stats_, len(walls), "perf-counter", timed_wall_s=spent)
-    clock = DeviceClock(max(SPIN_OVER_LAUNCH * max(launches), MIN_SPIN_MS), spin_cycles_per_ms())
+    # Sized from the settled launches: the first steps' launches include one-off work (kernel
+    # loading, autotuning). A spin that proves too short doubles itself.
+    clock = DeviceClock(max(SPIN_OVER_LAUNCH * max(launches[-WARMUP_WINDOW:]), MIN_SPIN_MS), spin_cycles_per_ms())
 
     def device_ms() -> float:
         clock.hold_queue()
@@ -183,12 +185,11 @@ def time_step(step: Callable[[], object], policy: MeasurementBudget, device: str
         return (clock() - start) * 1e3
 
     device_samples, spent = _repeat(device_ms, policy)
-    # Wall time as an eager loop that synchronises every step sees it; as many samples as the
-    # device time got, capped, since its spread is the host's and no target applies to it.
-    wall_samples = [_wall_step_ms(step, True)[1] for _ in range(min(len(device_samples), policy.min_reps))]
+    # The settled warm-up steps are synchronised steps: the wall time an eager loop that synchronises
+    # every step sees, at no extra cost. No target applies to their spread, which is the host's.
     return StepTimes(
         TimingStats.from_samples(device_samples),
-        TimingStats.from_samples(wall_samples),
+        TimingStats.from_samples(walls[-WARMUP_WINDOW:]),
         len(walls),
         "cuda-events-behind-spin",
         spin_ms=clock.spin_ms,
