@@ -6,6 +6,10 @@ convolution whose kernel is shared by the d/H channels of each of H heads and so
 over its width, with dropout on the normalised kernel. Causal left padding of k - 1 keeps position t
 blind to items after t. It runs as a real grouped convolution: memory and time O(B L d k), never the
 (B H, L, L + k - 1) band matrices of fairseq's "expanded" path.
+
+There is no public code, so the weights keep PyTorch's initialisation rather than SASRec's port's
+xavier_normal_: the paper embeds the padding item as "a constant zero vector", which the zero
+padding rows of nn.Embedding are.
 """
 from dataclasses import dataclass
 

@@ -1,7 +1,8 @@
 """The embedding and prediction layers SASRec and the lightweight ConvRec share.
 
-Scaled item embedding + learned positional embedding (zero at padding) -> a stack of blocks ->
-final LayerNorm; training scores the next item and one sampled negative at every position with BCE
+Scaled item embedding + learned positional embedding -> dropout -> padded positions zeroed (the
+original SASRec's timeline mask, whatever the padding rows of the tables hold) -> a stack of
+blocks -> final LayerNorm; training scores the next item and one sampled negative at every position with BCE
 on dot products with the shared item embedding; inference scores candidates from the last position.
 The models differ only in their blocks and optimizer.
 """
@@ -45,7 +46,7 @@ class NextItemModel(nn.Module):
         real = seq != 0
         x = self.item_emb(seq) * math.sqrt(self.d_model)
         positions = torch.arange(1, seq.shape[1] + 1, device=seq.device) * real  # (B, L), 0 at padding
-        x = self.emb_dropout(x + self.pos_emb(positions))
+        x = self.emb_dropout(x + self.pos_emb(positions)) * real.unsqueeze(-1)
         for block in self.blocks:
             x = block(x, real)
         return self.final_norm(x)
