@@ -15,6 +15,7 @@ REGISTRY: dict[str, ModelSpec] = {
             make_batch=sasrec.make_batch,
             default_profile="beauty",
             causal=True,
+            presets=sasrec.PRESETS,
         ),
         ModelSpec(
             name="bert4rec",
@@ -38,6 +39,7 @@ REGISTRY: dict[str, ModelSpec] = {
             default_profile="beauty",
             causal=False,
             needs_item_features=True,
+            presets=carca.PRESETS,
         ),
         ModelSpec(
             name="proxyrca",
@@ -62,6 +64,7 @@ REGISTRY: dict[str, ModelSpec] = {
             default_profile="beauty",
             causal=False,
             needs_item_features=True,
+            presets=convrec_hierarchical.PRESETS,
         ),
         ModelSpec(
             name="convrec-light",
@@ -73,6 +76,7 @@ REGISTRY: dict[str, ModelSpec] = {
             make_batch=convrec_lightweight.make_batch,
             default_profile="beauty",
             causal=True,
+            presets=convrec_lightweight.PRESETS,
         ),
         ModelSpec(
             name="cosrec",
