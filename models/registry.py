@@ -27,6 +27,7 @@ REGISTRY: dict[str, ModelSpec] = {
             make_batch=bert4rec.make_batch,
             default_profile="beauty",
             causal=False,
+            presets=bert4rec.PRESETS,
         ),
         ModelSpec(
             name="carca",
