@@ -16,16 +16,19 @@ from models.base import Batch, left_padded_lengths_mask, next_item_bce, random_i
 
 
 class PointWiseFeedForward(nn.Module):
-    """Two position-wise d -> d maps with ReLU; the residual is added inside, as in SASRec."""
+    """Two position-wise d -> d maps with ReLU; with ``residual`` the input is added inside, as in
+    SASRec."""
 
-    def __init__(self, d_model: int, dropout: float):
+    def __init__(self, d_model: int, dropout: float, residual: bool = True):
         super().__init__()
         self.fc1 = nn.Linear(d_model, d_model)
         self.fc2 = nn.Linear(d_model, d_model)
         self.dropout = nn.Dropout(dropout)
+        self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.dropout(self.fc2(self.dropout(F.relu(self.fc1(x)))))
+        out = self.dropout(self.fc2(self.dropout(F.relu(self.fc1(x)))))
+        return x + out if self.residual else out
 
 
 class NextItemModel(nn.Module):
