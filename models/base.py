@@ -12,7 +12,9 @@ Next to it, ``make_batch(config, batch_size, seq_len, device, generator) -> dict
 builds the synthetic inputs of one training step directly on the device.
 
 Configs name the knobs the harness sets with the same field names: ``max_len``, ``num_items``,
-``num_users``, ``item_feature_dim``, ``attention``.
+``num_users``, ``item_feature_dim``, ``attention``. Beside a config, a model module may keep
+``PRESETS``: the authors' settings per dataset profile, as config overrides the registry entry
+applies when it builds a config for that profile.
 """
 import dataclasses
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.profiles import DatasetProfile
+from models.profiles import PROFILES, DatasetProfile
 
 Batch = dict[str, torch.Tensor]
 Family = Literal["attention", "convolution", "linear-attention", "fft-filter", "recurrence"]
@@ -51,12 +53,31 @@ class ModelSpec:
     needs_item_features: bool = False
     max_len_limit: int | None = None  # longest length the model supports, None for unbounded
     min_len: int = 1  # shortest length the model supports
+    # Profile name -> config overrides: the authors' settings for that dataset.
+    presets: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict, hash=False)
+
+    def __post_init__(self):
+        names = self.config_fields()
+        for profile, preset in self.presets.items():
+            if profile not in PROFILES:
+                raise ValueError(f"{self.name}: preset for unknown profile {profile!r}; choose from {sorted(PROFILES)}")
+            unknown = sorted(set(preset) - names)
+            if unknown:
+                raise ValueError(
+                    f"{self.name}: preset {profile!r} sets {unknown}, not fields of {self.config_cls.__name__}; "
+                    f"choose from {sorted(names)}"
+                )
+
+    def config_fields(self) -> set[str]:
+        return {f.name for f in dataclasses.fields(self.config_cls)}
 
     @property
     def has_attention_backend(self) -> bool:
-        return "attention" in {f.name for f in dataclasses.fields(self.config_cls)}
+        return "attention" in self.config_fields()
 
     def build_config(self, profile: DatasetProfile, seq_len: int, attention: str | None = None, **overrides):
+        """The config at ``profile``: the defaults, then the profile's preset, then the harness's
+        knobs (``seq_len`` is always ``max_len``), then ``overrides``."""
         if self.needs_item_features and profile.item_feature_dim is None:
             raise ValueError(f"model {self.name!r} needs item features; profile {profile.name!r} has none")
         knobs = {
@@ -70,8 +91,8 @@ class ModelSpec:
                 raise ValueError(f"Unknown attention backend {attention!r}; choose from {list(ATTENTION_BACKENDS)}")
             knobs["attention"] = attention
         knobs.update(overrides)
-        names = {f.name for f in dataclasses.fields(self.config_cls)}
-        return self.config_cls(**{k: v for k, v in knobs.items() if k in names})
+        names = self.config_fields()
+        return self.config_cls(**{**self.presets.get(profile.name, {}), **{k: v for k, v in knobs.items() if k in names}})
 
     def build(self, config) -> nn.Module:
         return self.model_cls(config)

@@ -3,10 +3,15 @@
 Follows the authors' TensorFlow code (FeiSun/BERT4Rec, modeling.py + run.py), a BERT encoder:
 item embedding + learned positional embedding -> LayerNorm -> dropout -> post-LN blocks of
 [self-attention (padding-only key mask, not causal) -> dropout -> residual -> LayerNorm ->
-GELU FFN (4d) -> dropout -> residual -> LayerNorm]. Training masks a fixed share of each history's
-items with [MASK] and predicts them with a full softmax over the vocabulary: a dense + GELU +
-LayerNorm transform, then dot products with the shared item embedding plus an output bias.
-Inference puts [MASK] after the history and scores the candidates from that position.
+GELU FFN (4d) -> dropout -> residual -> LayerNorm]. Training masks round(length x mask_prob) of
+each history's items, at most ``max_predictions_per_seq``, with [MASK] and predicts them with a full
+softmax over the vocabulary: a dense + GELU + LayerNorm transform, then dot products with the shared
+item embedding plus an output bias. Inference puts [MASK] after the history and scores the
+candidates from that position.
+
+The cloze settings differ per dataset in the authors' run scripts (run_beauty.sh, run_ml-1m.sh,
+run_steam.sh and the bert_train/*.json they name): PRESETS. Their dupe_factor (10 masked copies of
+each history) and sliding window only multiply the training instances: no step costs more.
 
 Logits are computed only at masked slots, never (B, L, |I|): the encoder output is gathered first,
 as the original's ``gather_indexes`` does.
@@ -24,14 +29,16 @@ from models.base import Batch, fused_on_cuda, left_padded_lengths_mask, random_i
 @dataclass
 class BERT4RecConfig:
     num_items: int = 57_289
-    max_len: int = 200  # 200 on ML-1M and ML-20M, 50 on Beauty and Steam
+    # Defaults: the authors' ML-1M run; the other datasets': PRESETS.
+    max_len: int = 200
     d_model: int = 64
     num_layers: int = 2
     num_heads: int = 2
     d_ff: int = 256  # 4d
-    dropout: float = 0.2  # hidden dropout; the authors' Beauty config uses 0.5
+    dropout: float = 0.2  # hidden dropout
     attention_dropout: float = 0.2  # on the attention probabilities
-    mask_prob: float = 0.2  # cloze share of each history; 0.6 on Beauty, 0.4 on Steam
+    mask_prob: float = 0.2  # cloze share of each history (masked_lm_prob)
+    max_predictions_per_seq: int = 40  # at most this many masked items per history
     layer_norm_eps: float = 1e-12  # tf.contrib.layers.layer_norm's epsilon
     init_std: float = 0.02  # truncated normal, cut at 2 std as TF's initializer
     attention: str = "naive"  # "naive" materialises (B, h, L, L) as the original code does
@@ -42,15 +49,29 @@ class BERT4RecConfig:
     weight_decay: float = 0.01  # not on LayerNorm weights and biases, as the original
 
 
+# Per dataset, from run_<dataset>.sh and the bert_config json it names. Steam's script runs the
+# d = 256 config (bert_config_steam_256.json); the others d = 64.
+PRESETS: dict[str, dict] = {
+    "beauty": {"max_len": 50, "mask_prob": 0.6, "max_predictions_per_seq": 30, "dropout": 0.5, "attention_dropout": 0.2},
+    "ml-1m": {"max_len": 200, "mask_prob": 0.2, "max_predictions_per_seq": 40, "dropout": 0.2, "attention_dropout": 0.2},
+    "steam": {
+        "max_len": 50, "mask_prob": 0.4, "max_predictions_per_seq": 20, "dropout": 0.2, "attention_dropout": 0.2,
+        "d_model": 256, "d_ff": 1024, "num_heads": 8,
+    },
+}
+
+
 def mask_token(cfg: BERT4RecConfig) -> int:
     """Vocabulary: 0 padding, 1..num_items items, num_items + 1 the [MASK] token."""
     return cfg.num_items + 1
 
 
-def max_predictions(seq_len: int, mask_prob: float) -> int:
-    """Masked slots per sequence: round(L * mask_prob), as the authors' max_predictions_per_seq
-    (30 = 50 x 0.6 on Beauty, 40 = 200 x 0.2 on ML-1M). Python's round is half-to-even like torch's."""
-    return max(1, round(seq_len * mask_prob))
+def max_predictions(cfg: BERT4RecConfig, seq_len: int) -> int:
+    """The most masked items a history of ``seq_len`` items gets: the authors' num_to_predict,
+    min(max_predictions_per_seq, max(1, round(L x mask_prob))). Python's round is half-to-even like
+    torch's, so ``make_batch`` agrees with it (the authors' Python 2 rounds halves away from zero; at
+    their mask probabilities, 0.2, 0.4 and 0.6, no length gives a half)."""
+    return min(cfg.max_predictions_per_seq, max(1, round(seq_len * cfg.mask_prob)))
 
 
 class BERT4RecBlock(nn.Module):
@@ -117,13 +138,15 @@ class BERT4Rec(nn.Module):
         """Cloze loss: mean cross-entropy over the whole vocabulary at the masked positions.
 
         batch["masked_seq"]: (B, L) history with [MASK] at the masked positions; batch["labels"]:
-        (B, L) the hidden items there, 0 elsewhere, at most ``max_predictions(L, mask_prob)`` per row
-        (as ``make_batch`` builds them). Like the original, every row gets that many slots (short rows
+        (B, L) the hidden items there, 0 elsewhere, at most ``max_predictions(cfg, L)`` per row (as
+        ``make_batch`` builds them). Like the original, every row gets that many slots (short rows
         padded with ignored ones), so the output layer's shape is fixed and no host sync is needed.
+        The original always computes max_predictions_per_seq slots; the ones no history of length L
+        can fill (when L x mask_prob is smaller) are left out here.
         """
         labels = batch["labels"]
         h = self.encode_ids(batch["masked_seq"])  # (B, L, d)
-        slots = max_predictions(labels.shape[1], self.cfg.mask_prob)
+        slots = max_predictions(self.cfg, labels.shape[1])
         picked = torch.topk((labels != 0).float(), slots, dim=1).indices  # (B, P): masked ones first
         h = h.gather(1, picked.unsqueeze(-1).expand(-1, -1, h.shape[-1]))  # (B, P, d)
         logits = self._transform(h) @ self.item_emb.weight.T + self.output_bias  # (B, P, V)
@@ -163,14 +186,14 @@ class BERT4Rec(nn.Module):
 def make_batch(cfg: BERT4RecConfig, batch_size: int, seq_len: int, device, generator) -> Batch:
     """Left-padded histories, their cloze version and labels, and candidates for inference.
 
-    Each history gets round(length x mask_prob) (at least 1) of its real items replaced by [MASK],
-    chosen uniformly, as the authors' data generation (mask_prob 1.0: always [MASK], never kept or
-    swapped for a random item).
+    Each history gets round(length x mask_prob) (at least 1, at most max_predictions_per_seq) of its
+    real items replaced by [MASK], chosen uniformly, as the authors' data generation (their mask_prob
+    1.0: always [MASK], never kept or swapped for a random item).
     """
     real = left_padded_lengths_mask(batch_size, seq_len, device, generator)  # (B, L)
     seq = random_items(batch_size, seq_len, cfg.num_items, device, generator) * real
     # float64 so the rounding matches max_predictions' Python arithmetic exactly.
-    budget = max_predictions(seq_len, cfg.mask_prob)
+    budget = max_predictions(cfg, seq_len)
     num_masked = (real.sum(dim=1).double() * cfg.mask_prob).round().clamp(1, budget)  # (B,)
     keys = torch.rand(batch_size, seq_len, device=device, generator=generator).masked_fill(~real, 2.0)
     rank = keys.argsort(dim=1).argsort(dim=1)  # (B, L): padding ranks after every real item

@@ -34,11 +34,11 @@ from models.profiles import CONTEXT_FEATURES
 class CARCAConfig:
     num_items: int = 57_289
     item_feature_dim: int = 6_507
-    d_model: int = 90  # Beauty and Games; 390 on Fashion and Men
+    d_model: int = 90  # per dataset: PRESETS
     num_blocks: int = 3
-    num_heads: int = 1  # 3 on Games, Fashion and Men
-    dropout: float = 0.5  # 0.3 on Fashion and Men
-    cross_residual: bool = True  # the cross-attention output times its query (use_res; False on Fashion, Men)
+    num_heads: int = 1
+    dropout: float = 0.5
+    cross_residual: bool = True  # the cross-attention output times its query (the authors' use_res)
     leaky_slope: float = 0.2  # TensorFlow's leaky_relu default
     layer_norm_eps: float = 1e-8
     l2_emb: float = 1e-4  # L2 penalty on the item embedding table, as TensorFlow's l2_regularizer adds it
@@ -46,6 +46,16 @@ class CARCAConfig:
     num_candidates: int = 101  # inference: 1 positive + 100 sampled negatives
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.98)
+
+
+# CARCA.py's Args per dataset ("Video_Games" is games). Its maxlen (75, 50, 35, 35) has no field
+# here: the harness sets the length, and nothing of the model's size depends on it.
+PRESETS: dict[str, dict] = {
+    "beauty": {"d_model": 90, "num_heads": 1, "dropout": 0.5, "cross_residual": True, "l2_emb": 1e-4, "lr": 1e-4},
+    "games": {"d_model": 90, "num_heads": 3, "dropout": 0.5, "cross_residual": True, "l2_emb": 0.0, "lr": 1e-4},
+    "fashion": {"d_model": 390, "num_heads": 3, "dropout": 0.3, "cross_residual": False, "l2_emb": 1e-4, "lr": 1e-5},
+    "men": {"d_model": 390, "num_heads": 3, "dropout": 0.3, "cross_residual": False, "l2_emb": 1e-4, "lr": 6e-6},
+}
 
 
 def make_batch(cfg: CARCAConfig, batch_size: int, seq_len: int, device, generator) -> Batch:

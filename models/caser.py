@@ -5,8 +5,9 @@ embedding "image" of the last L items goes through nv vertical filters (L x 1, o
 the rows per filter, no activation) and nh horizontal filters of every height h = 1..L (h x d), each
 max-pooled over the windows that fit; dropout; an FC layer to d; the user embedding is appended and
 targets are scored with per-item output embeddings W2 and biases b2. Training scores T = 3 targets
-and 3 sampled negatives per target with BCE. There is no padding mask: id 0 is an ordinary learned
-embedding that short histories are left-padded with, as in the authors' code.
+and 3 sampled negatives per sequence with BCE: train_caser.py draws neg_samples = 3 per sequence
+(its docstring's "9 negatives" for T = 3 is not what the code does). There is no padding mask: id 0
+is an ordinary learned embedding that short histories are left-padded with, as in the authors' code.
 
 The authors run one Conv2d(1, nh, (h, d)) per height in a Python loop. ``HorizontalConvolutions``
 computes the same filters as a few 1-D convolutions over the d embedding channels, one per group of
@@ -139,7 +140,7 @@ class CaserConfig:
     conv_activation: str = "relu"  # phi_c, on the horizontal convolutions
     fc_activation: str = "relu"  # phi_a, on the FC layer
     num_targets: int = 3  # T: the next T items are all positives
-    negatives_per_target: int = 3  # the authors sample T x 3 = 9 negatives per sequence
+    num_negatives: int = 3  # per sequence, shared by the T targets (the authors' neg_samples)
     num_candidates: int = 101
     lr: float = 1e-3
     weight_decay: float = 1e-6  # the authors' l2, through Adam's weight_decay
@@ -207,7 +208,7 @@ class Caser(CaserLayers):
     def forward(self, batch: Batch) -> torch.Tensor:
         x = self.encode(batch)
         pos_logits = self.score(x, batch["targets"])  # (B, T)
-        neg_logits = self.score(x, batch["negatives"])  # (B, 3T)
+        neg_logits = self.score(x, batch["negatives"])  # (B, 3)
         # -mean log sigmoid(pos) - mean log(1 - sigmoid(neg)), in the overflow-safe logits form.
         return F.binary_cross_entropy_with_logits(
             pos_logits, torch.ones_like(pos_logits)
@@ -222,11 +223,11 @@ class Caser(CaserLayers):
 
 def make_batch(cfg: CaserConfig, batch_size: int, seq_len: int, device, generator) -> Batch:
     """The last ``seq_len`` items (left-padded with 0 for short histories), the user, the next T
-    items, 3 negatives per target and ``cfg.num_candidates`` candidates."""
+    items, ``cfg.num_negatives`` negatives and ``cfg.num_candidates`` candidates."""
     real = left_padded_lengths_mask(batch_size, seq_len, device, generator)
     seq = random_items(batch_size, seq_len, cfg.num_items, device, generator) * real
     user = torch.randint(0, cfg.num_users, (batch_size,), device=device, generator=generator)
     targets = random_items(batch_size, cfg.num_targets, cfg.num_items, device, generator)
-    negatives = random_items(batch_size, cfg.num_targets * cfg.negatives_per_target, cfg.num_items, device, generator)
+    negatives = random_items(batch_size, cfg.num_negatives, cfg.num_items, device, generator)
     candidates = random_items(batch_size, cfg.num_candidates, cfg.num_items, device, generator)
     return {"seq": seq, "user": user, "targets": targets, "negatives": negatives, "candidates": candidates}

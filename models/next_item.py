@@ -1,7 +1,8 @@
 """The embedding and prediction layers SASRec and the lightweight ConvRec share.
 
-Scaled item embedding + learned positional embedding (zero at padding) -> a stack of blocks ->
-final LayerNorm; training scores the next item and one sampled negative at every position with BCE
+Scaled item embedding + learned positional embedding -> dropout -> padded positions zeroed (the
+original SASRec's timeline mask, whatever the padding rows of the tables hold) -> a stack of
+blocks -> final LayerNorm; training scores the next item and one sampled negative at every position with BCE
 on dot products with the shared item embedding; inference scores candidates from the last position.
 The models differ only in their blocks and optimizer.
 """
@@ -15,16 +16,19 @@ from models.base import Batch, left_padded_lengths_mask, next_item_bce, random_i
 
 
 class PointWiseFeedForward(nn.Module):
-    """Two position-wise d -> d maps with ReLU; the residual is added inside, as in SASRec."""
+    """Two position-wise d -> d maps with ReLU; with ``residual`` the input is added inside, as in
+    SASRec."""
 
-    def __init__(self, d_model: int, dropout: float):
+    def __init__(self, d_model: int, dropout: float, residual: bool = True):
         super().__init__()
         self.fc1 = nn.Linear(d_model, d_model)
         self.fc2 = nn.Linear(d_model, d_model)
         self.dropout = nn.Dropout(dropout)
+        self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.dropout(self.fc2(self.dropout(F.relu(self.fc1(x)))))
+        out = self.dropout(self.fc2(self.dropout(F.relu(self.fc1(x)))))
+        return x + out if self.residual else out
 
 
 class NextItemModel(nn.Module):
@@ -45,7 +49,7 @@ class NextItemModel(nn.Module):
         real = seq != 0
         x = self.item_emb(seq) * math.sqrt(self.d_model)
         positions = torch.arange(1, seq.shape[1] + 1, device=seq.device) * real  # (B, L), 0 at padding
-        x = self.emb_dropout(x + self.pos_emb(positions))
+        x = self.emb_dropout(x + self.pos_emb(positions)) * real.unsqueeze(-1)
         for block in self.blocks:
             x = block(x, real)
         return self.final_norm(x)

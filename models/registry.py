@@ -22,12 +22,13 @@ REGISTRY: dict[str, ModelSpec] = {
             name="sasrec",
             family="attention",
             paper="Kang & McAuley, Self-Attentive Sequential Recommendation, ICDM 2018",
-            code="pmixer/SASRec.pytorch",
+            code="pmixer/SASRec.pytorch@756f742 (model.py, main.py)",
             config_cls=sasrec.SASRecConfig,
             model_cls=sasrec.SASRec,
             make_batch=sasrec.make_batch,
             default_profile="beauty",
             causal=True,
+            presets=sasrec.PRESETS,
         ),
         ModelSpec(
             name="bert4rec",
@@ -39,6 +40,7 @@ REGISTRY: dict[str, ModelSpec] = {
             make_batch=bert4rec.make_batch,
             default_profile="beauty",
             causal=False,
+            presets=bert4rec.PRESETS,
         ),
         ModelSpec(
             name="carca",
@@ -51,6 +53,7 @@ REGISTRY: dict[str, ModelSpec] = {
             default_profile="beauty",
             causal=False,
             needs_item_features=True,
+            presets=carca.PRESETS,
         ),
         ModelSpec(
             name="proxyrca",
@@ -75,6 +78,7 @@ REGISTRY: dict[str, ModelSpec] = {
             default_profile="beauty",
             causal=False,
             needs_item_features=True,
+            presets=convrec_hierarchical.PRESETS,
         ),
         ModelSpec(
             name="convrec-light",
@@ -86,6 +90,7 @@ REGISTRY: dict[str, ModelSpec] = {
             make_batch=convrec_lightweight.make_batch,
             default_profile="beauty",
             causal=True,
+            presets=convrec_lightweight.PRESETS,
         ),
         ModelSpec(
             name="cosrec",

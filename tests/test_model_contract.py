@@ -1,4 +1,6 @@
 """Every registered model follows the contract the harness relies on (tiny sizes, CPU)."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -100,3 +102,43 @@ def test_causal_models_do_not_see_the_future(name):
         before, after = model.encode(batch), model.encode(changed)
     torch.testing.assert_close(before[:, : t + 1], after[:, : t + 1], atol=1e-6, rtol=1e-6)
     assert not torch.allclose(before[:, t + 1:], after[:, t + 1:])  # the test would notice a leak
+
+
+PRESET_CASES = [(name, profile) for name, spec in REGISTRY.items() for profile in spec.presets]
+
+
+@pytest.mark.parametrize("name, profile", PRESET_CASES)
+def test_building_at_a_profile_applies_its_preset_under_the_harness_knobs(name, profile):
+    spec = REGISTRY[name]
+    seq_len = 37  # no preset's length: the harness's length must win
+    config = spec.build_config(get_profile(profile), seq_len)
+    for key, value in spec.presets[profile].items():
+        assert getattr(config, key) == (seq_len if key == "max_len" else value), key
+    if hasattr(config, "max_len"):
+        assert config.max_len == seq_len
+    assert config.num_items == get_profile(profile).num_items
+    with torch.device("meta"):  # sizes only: a preset must give a model that builds
+        spec.build(config)
+
+
+def test_presets_differ_between_profiles_and_a_profile_without_one_gets_the_defaults():
+    spec = REGISTRY["carca"]
+    fashion = spec.build_config(get_profile("fashion"), 20)
+    beauty = spec.build_config(get_profile("beauty"), 20)
+    assert (fashion.d_model, fashion.num_heads, fashion.cross_residual) == (390, 3, False)
+    assert (beauty.d_model, beauty.num_heads, beauty.cross_residual) == (90, 1, True)
+    assert "tiny" not in spec.presets
+    defaults = spec.config_cls()
+    tiny = spec.build_config(TINY, 20)
+    assert (tiny.d_model, tiny.dropout, tiny.lr) == (defaults.d_model, defaults.dropout, defaults.lr)
+
+
+def respec(name: str, **changes):
+    return dataclasses.replace(REGISTRY[name], **changes)
+
+
+def test_a_preset_with_an_unknown_field_or_profile_fails_loudly():
+    with pytest.raises(ValueError, match=r"carca: preset 'beauty' sets \['d_modle'\], not fields of CARCAConfig"):
+        respec("carca", presets={"beauty": {"d_modle": 64}})
+    with pytest.raises(ValueError, match="preset for unknown profile 'beauty2'"):
+        respec("sasrec", presets={"beauty2": {"dropout": 0.5}})

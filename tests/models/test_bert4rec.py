@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from models.base import count_parameters
-from models.bert4rec import BERT4Rec, BERT4RecConfig, make_batch, mask_token
+from models.bert4rec import BERT4Rec, BERT4RecConfig, make_batch, mask_token, max_predictions
+from models.profiles import get_profile
+from models.registry import REGISTRY
 
 
 def tiny_config(**overrides) -> BERT4RecConfig:
@@ -72,6 +74,39 @@ def test_make_batch_masks_a_fixed_share_of_real_items():
     assert torch.equal(masked_seq[~masked], seq[~masked])
     assert batch["candidates"].shape == (32, cfg.num_candidates)
     assert (batch["candidates"] >= 1).all() and (batch["candidates"] <= cfg.num_items).all()
+
+
+@pytest.mark.parametrize(
+    "profile, mask_prob, predictions, dropout",
+    [("beauty", 0.6, 30, 0.5), ("ml-1m", 0.2, 40, 0.2), ("steam", 0.4, 20, 0.2)],  # run_<profile>.sh
+)
+def test_each_profile_gets_the_authors_cloze_settings(profile, mask_prob, predictions, dropout):
+    cfg = REGISTRY["bert4rec"].build_config(get_profile(profile), 50)
+    assert (cfg.mask_prob, cfg.max_predictions_per_seq, cfg.dropout, cfg.attention_dropout) == (
+        mask_prob, predictions, dropout, 0.2)
+    assert cfg.d_model == (256 if profile == "steam" else 64)
+
+
+def test_beauty_masks_six_tenths_of_each_history_up_to_30_items():
+    beauty = REGISTRY["bert4rec"].build_config(get_profile("beauty"), 50)
+    cfg = dataclasses.replace(beauty, num_items=40, d_model=16, d_ff=64)  # the cloze settings kept
+    assert max_predictions(cfg, 50) == 30 and max_predictions(cfg, 20) == 12
+    assert max_predictions(cfg, 200) == 30  # the cap binds past L = 50
+    for seq_len in (20, 50, 80):
+        batch = tiny_batch(cfg, batch_size=64, seq_len=seq_len)
+        lengths = (batch["seq"] != 0).sum(1)
+        masked = (batch["labels"] != 0).sum(1)
+        expected = torch.tensor([min(30, max(1, round(n * 0.6))) for n in lengths.tolist()])
+        assert torch.equal(masked, expected)
+        assert masked.max() == min(30, round(seq_len * 0.6))  # full rows fill every slot
+
+    # The output layer scores max_predictions slots per history: (B, 30, V) at L = 80.
+    model = BERT4Rec(dataclasses.replace(cfg, max_len=80))
+    widths = []
+    handle = model.head_dense.register_forward_hook(lambda module, args, out: widths.append(out.shape[1]))
+    model(tiny_batch(model.cfg, batch_size=4, seq_len=80))
+    handle.remove()
+    assert widths == [30]
 
 
 def test_loss_equals_full_vocabulary_reference():

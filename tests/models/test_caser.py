@@ -150,7 +150,7 @@ def test_learns_a_planted_successor():
     model = Caser(cfg)
     optimizer = model.configure_optimizer()
     for _ in range(300):
-        seq, user, targets, negatives = chain_batch(cfg, successor, 64, cfg.num_targets * cfg.negatives_per_target, gen)
+        seq, user, targets, negatives = chain_batch(cfg, successor, 64, cfg.num_negatives, gen)
         loss = model({"seq": seq, "user": user, "targets": targets, "negatives": negatives})
         optimizer.zero_grad()
         loss.backward()
@@ -170,7 +170,8 @@ def test_forward_and_predict_shapes(max_len):
     cfg = tiny_config(max_len)
     model = Caser(cfg)
     batch = make_batch(cfg, 4, max_len, "cpu", torch.Generator().manual_seed(0))
-    assert batch["negatives"].shape == (4, 9)  # 3 negatives for each of the T = 3 targets
+    # train_caser.py's neg_samples = 3 per sequence, next to the T = 3 targets
+    assert batch["targets"].shape == (4, 3) and batch["negatives"].shape == (4, 3)
     loss = model(batch)
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert model.predict(batch).shape == (4, cfg.num_candidates)
