@@ -1,5 +1,16 @@
 """The single explicit list of models seqprof profiles."""
-from models import bert4rec, carca, caser, caser_plus, convrec_hierarchical, convrec_lightweight, cosrec, proxyrca, sasrec
+from models import (
+    bert4rec,
+    carca,
+    caser,
+    caser_plus,
+    convrec_hierarchical,
+    convrec_lightweight,
+    cosrec,
+    proxyrca,
+    sasrec,
+    tisasrec,
+)
 from models.base import ModelSpec
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -26,6 +37,17 @@ REGISTRY: dict[str, ModelSpec] = {
             make_batch=bert4rec.make_batch,
             default_profile="beauty",
             causal=False,
+        ),
+        ModelSpec(
+            name="tisasrec",
+            family="attention",
+            paper="Li, Wang & McAuley, Time Interval Aware Self-Attention for Sequential Recommendation, WSDM 2020",
+            code="pmixer/TiSASRec.pytorch (model.py)",
+            config_cls=tisasrec.TiSASRecConfig,
+            model_cls=tisasrec.TiSASRec,
+            make_batch=tisasrec.make_batch,
+            default_profile="ml-1m",
+            causal=True,
         ),
         ModelSpec(
             name="carca",
