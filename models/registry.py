@@ -12,6 +12,7 @@ from models import (
     lrurec,
     proxyrca,
     sasrec,
+    tisasrec,
 )
 from models.base import ModelSpec
 
@@ -41,6 +42,17 @@ REGISTRY: dict[str, ModelSpec] = {
             default_profile="beauty",
             causal=False,
             presets=bert4rec.PRESETS,
+        ),
+        ModelSpec(
+            name="tisasrec",
+            family="attention",
+            paper="Li, Wang & McAuley, Time Interval Aware Self-Attention for Sequential Recommendation, WSDM 2020",
+            code="pmixer/TiSASRec.pytorch (model.py)",
+            config_cls=tisasrec.TiSASRecConfig,
+            model_cls=tisasrec.TiSASRec,
+            make_batch=tisasrec.make_batch,
+            default_profile="ml-1m",
+            causal=True,
         ),
         ModelSpec(
             name="carca",
