@@ -2,6 +2,7 @@
 steps, and a synthetic results table of known growth."""
 import numpy as np
 import pandas as pd
+import torch
 
 from profiler.results.schema import COLUMNS
 from profiler.trackers.timing import MeasurementBudget
@@ -60,3 +61,24 @@ def synthetic_results(
                 row["achieved_tflops"] = row["flops_per_step"] / (row["time_median_ms"] * 1e-3) / 1e12
             rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def train_on(model, make_batch, steps: int = 60, batch_size: int = 64) -> list[float]:
+    """``steps`` steps of the model's own optimizer on fresh batches; the losses, in order."""
+    optimizer = model.configure_optimizer()
+    losses = []
+    for _ in range(steps):
+        loss = model(make_batch(batch_size))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def top1_hit_rate(model, batch) -> float:
+    """How often the first candidate (the true next item in a planted batch) scores highest."""
+    model.eval()
+    with torch.no_grad():
+        scores = model.predict(batch)
+    return (scores.argmax(dim=1) == 0).float().mean().item()

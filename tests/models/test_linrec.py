@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import top1_hit_rate, train_on
 
 from models.base import count_parameters
 from models.linrec import LinRec, LinRecConfig, causal_linear_attention, elu_l2, linear_attention, make_batch
@@ -201,18 +202,8 @@ def test_learns_a_planted_successor_pattern(causal):
     torch.manual_seed(0)
     cfg = tiny_config(num_items=30, max_len=8, d_model=32, dropout=0.1, lr=1e-2, causal=causal)
     model = LinRec(cfg)
-    optimizer = model.configure_optimizer()
     generator = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(60):
-        loss = model(planted_batch(cfg, 64, generator))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    model.eval()
-    with torch.no_grad():
-        scores = model.predict(planted_batch(cfg, 256, generator))
-    hit_rate = (scores.argmax(dim=1) == 0).float().mean().item()
+    losses = train_on(model, lambda size: planted_batch(cfg, size, generator))
+    hit_rate = top1_hit_rate(model, planted_batch(cfg, 256, generator))
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
     assert hit_rate > 0.8, f"hit rate {hit_rate:.2f}, chance is 0.10"

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import top1_hit_rate, train_on
 
 from models.base import count_parameters
 from models.tisasrec import TiSASRec, TiSASRecConfig, make_batch, synthetic_timestamps, time_interval_matrix
@@ -273,18 +274,8 @@ def test_learns_a_planted_successor_pattern():
     torch.manual_seed(0)
     cfg = tiny_config(num_items=30, max_len=10, d_model=32, dropout=0.1, lr=5e-3)
     model = TiSASRec(cfg)
-    optimizer = model.configure_optimizer()
     generator = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(60):
-        loss = model(planted_batch(cfg, 64, generator))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_on(model, lambda size: planted_batch(cfg, size, generator))
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5]), losses
-    model.eval()
-    with torch.no_grad():
-        scores = model.predict(planted_batch(cfg, 256, generator))
-    hit_rate = (scores.argmax(dim=1) == 0).float().mean().item()
+    hit_rate = top1_hit_rate(model, planted_batch(cfg, 256, generator))
     assert hit_rate > 0.9, f"hit rate {hit_rate:.2f}, chance is 0.10"
