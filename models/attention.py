@@ -4,6 +4,8 @@
 (torch MultiheadAttention with weights, or explicit matmul + softmax): memory O(Lq Lk).
 ``sdpa`` calls ``scaled_dot_product_attention``, which picks a fused kernel (flash or
 memory-efficient) that computes the same function without keeping those tensors: memory O(Lq + Lk).
+A query row whose every key is masked outputs zeros in both (and gets zero gradients), as the
+fused kernels give, not the NaN of a softmax over -inf.
 """
 import math
 
@@ -42,6 +44,23 @@ def _fused_attention(q, k, v, *, causal: bool, key_padding_mask, dropout_p: floa
     return out[..., :head_dim] if pad else out
 
 
+def fully_masked_rows(lq: int, causal: bool, key_padding_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, 1, Lq, 1), True for the query rows that have no key to attend to; None when none can.
+
+    The causal mask alone always leaves key 0; with padding, query q (seeing keys 0..q) is empty
+    when all of those are padding. O(B L) work, no host sync.
+    """
+    if key_padding_mask is None:
+        return None
+    if causal:
+        no_real_key_yet = (~key_padding_mask).cumsum(dim=-1) == 0  # (B, Lk)
+        lk = key_padding_mask.shape[-1]
+        empty = no_real_key_yet[:, torch.arange(lq, device=key_padding_mask.device).clamp(max=lk - 1)]
+    else:
+        empty = key_padding_mask.all(dim=-1, keepdim=True).expand(-1, lq)  # (B, Lq)
+    return empty[:, None, :, None]
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -61,14 +80,19 @@ def attention(
     if backend != "naive":
         raise ValueError(f"Unknown attention backend {backend!r}; choose from {list(ATTENTION_BACKENDS)}")
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, h, Lq, Lk)
+    # The lowest finite score rather than -inf: a masked key still gets exactly zero weight next to
+    # any real one, and a row with none stays finite (uniform) instead of NaN, then is zeroed below.
+    lowest = torch.finfo(scores.dtype).min
+    lq, lk = scores.shape[-2], scores.shape[-1]
     if causal:
-        lq, lk = scores.shape[-2], scores.shape[-1]
         future = torch.ones(lq, lk, dtype=torch.bool, device=q.device).triu(1)
-        scores = scores.masked_fill(future, float("-inf"))
+        scores = scores.masked_fill(future, lowest)
     if key_padding_mask is not None:
-        scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        scores = scores.masked_fill(key_padding_mask[:, None, None, :], lowest)
     probs = F.dropout(scores.softmax(dim=-1), p=dropout_p)  # (B, h, Lq, Lk)
-    return probs @ v  # (B, h, Lq, dh)
+    out = probs @ v  # (B, h, Lq, dh)
+    empty = fully_masked_rows(lq, causal, key_padding_mask)
+    return out if empty is None else out.masked_fill(empty, 0.0)
 
 
 class MultiHeadAttention(nn.Module):
