@@ -5,7 +5,8 @@
 ``sdpa`` calls ``scaled_dot_product_attention``, which picks a fused kernel (flash or
 memory-efficient) that computes the same function without keeping those tensors: memory O(Lq + Lk).
 A query row whose every key is masked outputs zeros in both (and gets zero gradients), as the
-fused kernels give, not the NaN of a softmax over -inf.
+fused kernels give, not the NaN of a softmax over -inf; or, with ``fully_masked="uniform"``, the
+mean of all values, as code that masks with a large finite score (CARCA's -2**32 + 1) gives.
 """
 import math
 
@@ -15,18 +16,24 @@ from torch import nn
 
 from models.base import ATTENTION_BACKENDS
 
+FULLY_MASKED = ("zero", "uniform")  # what a query row with every key masked outputs
+
 
 # The fused kernels (flash, memory-efficient) need a head size that is a multiple of 8; for any
 # other size PyTorch silently falls back to the math kernel, which materialises (B, h, Lq, Lk).
 FUSED_HEAD_MULTIPLE = 8
 
 
-def _fused_attention(q, k, v, *, causal: bool, key_padding_mask, dropout_p: float) -> torch.Tensor:
+def _fused_attention(q, k, v, *, causal: bool, key_padding_mask, dropout_p: float, fully_masked: str) -> torch.Tensor:
     """scaled_dot_product_attention, with the head size padded to a multiple of 8 when needed.
 
     Zero columns in q and k leave q k^T unchanged and zero columns in v only add output columns,
     which are dropped; the scale stays 1 / sqrt(true head size). SASRec (d 50, 1 head) and CARCA
     (d 90) would otherwise never reach a fused kernel.
+
+    A boolean mask gives zeros for a row with no key. For "uniform" the mask is additive instead,
+    the lowest finite score at masked keys: next to a real key they get zero weight, and in a row
+    with none the score is absorbed (s + min == min in floating point), so every key weighs the same.
     """
     head_dim = q.shape[-1]
     pad = -head_dim % FUSED_HEAD_MULTIPLE
@@ -38,6 +45,8 @@ def _fused_attention(q, k, v, *, causal: bool, key_padding_mask, dropout_p: floa
         if causal:
             lq, lk = q.shape[-2], k.shape[-2]
             mask = mask & torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()
+        if fully_masked == "uniform":
+            mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, torch.finfo(q.dtype).min)
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal and mask is None, scale=head_dim**-0.5
     )
@@ -70,13 +79,19 @@ def attention(
     causal: bool = False,
     key_padding_mask: torch.Tensor | None = None,
     dropout_p: float = 0.0,
+    fully_masked: str = "zero",
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(dh) + mask) v over heads.
 
     q: (B, h, Lq, dh); k, v: (B, h, Lk, dh); key_padding_mask: (B, Lk), True where the key is padding.
+    fully_masked: what a row with every key masked gives, "zero" or "uniform" (the mean of v).
     """
+    if fully_masked not in FULLY_MASKED:
+        raise ValueError(f"Unknown fully_masked {fully_masked!r}; choose from {list(FULLY_MASKED)}")
     if backend == "sdpa":
-        return _fused_attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
+        return _fused_attention(
+            q, k, v, causal=causal, key_padding_mask=key_padding_mask, dropout_p=dropout_p, fully_masked=fully_masked
+        )
     if backend != "naive":
         raise ValueError(f"Unknown attention backend {backend!r}; choose from {list(ATTENTION_BACKENDS)}")
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, h, Lq, Lk)
@@ -91,7 +106,7 @@ def attention(
         scores = scores.masked_fill(key_padding_mask[:, None, None, :], lowest)
     probs = F.dropout(scores.softmax(dim=-1), p=dropout_p)  # (B, h, Lq, Lk)
     out = probs @ v  # (B, h, Lq, dh)
-    empty = fully_masked_rows(lq, causal, key_padding_mask)
+    empty = fully_masked_rows(lq, causal, key_padding_mask) if fully_masked == "zero" else None
     return out if empty is None else out.masked_fill(empty, 0.0)
 
 

@@ -76,3 +76,19 @@ def test_a_row_with_every_key_masked_outputs_zero_in_both_backends(causal):
     # Batch row 1 has no padding: the same as without a mask.
     unmasked = attention(q, k, v, backend="naive", causal=causal)
     torch.testing.assert_close(outputs["naive"][1], unmasked[1])
+
+
+def test_uniform_fully_masked_rows_attend_to_every_key_alike_in_both_backends():
+    """fully_masked="uniform": a large finite masked score, as CARCA's TensorFlow code uses."""
+    q, k, v = inputs(6, 16)
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[0] = True
+    mask[1, :2] = True
+    naive = attention(q, k, v, backend="naive", key_padding_mask=mask, fully_masked="uniform")
+    fused = attention(q, k, v, backend="sdpa", key_padding_mask=mask, fully_masked="uniform")
+    torch.testing.assert_close(fused, naive, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(naive[0], v[0].mean(dim=-2, keepdim=True).expand(-1, 6, -1))
+    zero = attention(q, k, v, backend="naive", key_padding_mask=mask)  # the other rows as ever
+    torch.testing.assert_close(naive[1], zero[1])
+    with pytest.raises(ValueError, match="Unknown fully_masked 'nan'"):
+        attention(q, k, v, backend="naive", key_padding_mask=mask, fully_masked="nan")
