@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ATTENTION_BACKENDS
+from models.base import check_attention_backend
 
 FULLY_MASKED = ("zero", "uniform")  # what a query row with every key masked outputs
 
@@ -53,6 +53,24 @@ def _fused_attention(q, k, v, *, causal: bool, key_padding_mask, dropout_p: floa
     return out[..., :head_dim] if pad else out
 
 
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, L, d) -> (B, h, L, d / h), head i holding channels i d/h .. (i + 1) d/h - 1."""
+    b, length, d = x.shape
+    return x.view(b, length, num_heads, d // num_heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, h, L, dh) -> (B, L, h dh), the inverse of ``split_heads``."""
+    b, _, length, _ = x.shape
+    return x.transpose(1, 2).reshape(b, length, -1)
+
+
+def check_heads(d_model: int, num_heads: int, backend: str) -> None:
+    if d_model % num_heads:
+        raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
+    check_attention_backend(backend)
+
+
 def fully_masked_rows(lq: int, causal: bool, key_padding_mask: torch.Tensor | None) -> torch.Tensor | None:
     """(B, 1, Lq, 1), True for the query rows that have no key to attend to; None when none can.
 
@@ -88,12 +106,11 @@ def attention(
     """
     if fully_masked not in FULLY_MASKED:
         raise ValueError(f"Unknown fully_masked {fully_masked!r}; choose from {list(FULLY_MASKED)}")
+    check_attention_backend(backend)
     if backend == "sdpa":
         return _fused_attention(
             q, k, v, causal=causal, key_padding_mask=key_padding_mask, dropout_p=dropout_p, fully_masked=fully_masked
         )
-    if backend != "naive":
-        raise ValueError(f"Unknown attention backend {backend!r}; choose from {list(ATTENTION_BACKENDS)}")
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, h, Lq, Lk)
     # The lowest finite score rather than -inf: a masked key still gets exactly zero weight next to
     # any real one, and a row with none stays finite (uniform) instead of NaN, then is zeroed below.
@@ -115,10 +132,7 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_model: int, num_heads: int, dropout: float, backend: str, bias: bool = True):
         super().__init__()
-        if d_model % num_heads:
-            raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
-        if backend not in ATTENTION_BACKENDS:
-            raise ValueError(f"Unknown attention backend {backend!r}; choose from {list(ATTENTION_BACKENDS)}")
+        check_heads(d_model, num_heads, backend)
         self.num_heads = num_heads
         self.dropout = dropout
         self.backend = backend
@@ -126,10 +140,6 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, d_model, bias=bias)
         self.v_proj = nn.Linear(d_model, d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, length, d = x.shape
-        return x.view(b, length, self.num_heads, d // self.num_heads).transpose(1, 2)  # (B, h, L, dh)
 
     def forward(
         self,
@@ -140,9 +150,9 @@ class MultiHeadAttention(nn.Module):
         key_padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """query: (B, Lq, d); key_value: (B, Lk, d) -> (B, Lq, d)."""
-        q = self._heads(self.q_proj(query))
-        k = self._heads(self.k_proj(key_value))
-        v = self._heads(self.v_proj(key_value))
+        q = split_heads(self.q_proj(query), self.num_heads)  # (B, h, Lq, dh)
+        k = split_heads(self.k_proj(key_value), self.num_heads)  # (B, h, Lk, dh)
+        v = split_heads(self.v_proj(key_value), self.num_heads)
         out = attention(
             q, k, v,
             backend=self.backend,
@@ -150,5 +160,4 @@ class MultiHeadAttention(nn.Module):
             key_padding_mask=key_padding_mask,
             dropout_p=self.dropout if self.training else 0.0,
         )
-        b, _, lq, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, lq, -1))
+        return self.out_proj(merge_heads(out))

@@ -31,6 +31,11 @@ Family = Literal["attention", "convolution"]
 ATTENTION_BACKENDS = ("naive", "sdpa")
 
 
+def check_attention_backend(name: str) -> None:
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"Unknown attention backend {name!r}; choose from {list(ATTENTION_BACKENDS)}")
+
+
 class SequentialRecommender(Protocol):
     def forward(self, batch: Batch) -> torch.Tensor: ...
     def predict(self, batch: Batch) -> torch.Tensor: ...
@@ -87,8 +92,7 @@ class ModelSpec:
             "item_feature_dim": profile.item_feature_dim,
         }
         if attention is not None and self.has_attention_backend:
-            if attention not in ATTENTION_BACKENDS:
-                raise ValueError(f"Unknown attention backend {attention!r}; choose from {list(ATTENTION_BACKENDS)}")
+            check_attention_backend(attention)
             knobs["attention"] = attention
         knobs.update(overrides)
         names = self.config_fields()

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.attention import attention
-from models.base import ATTENTION_BACKENDS, Batch, frozen_feature_table, fused_on_cuda, next_item_bce, random_items
+from models.attention import attention, check_heads, merge_heads, split_heads
+from models.base import Batch, frozen_feature_table, fused_on_cuda, next_item_bce, random_items
 from models import item_context
 from models.profiles import CONTEXT_FEATURES
 
@@ -94,10 +94,7 @@ class CARCAAttention(nn.Module):
 
     def __init__(self, cfg: CARCAConfig, residual: bool):
         super().__init__()
-        if cfg.d_model % cfg.num_heads:
-            raise ValueError(f"d_model {cfg.d_model} is not divisible by num_heads {cfg.num_heads}")
-        if cfg.attention not in ATTENTION_BACKENDS:
-            raise ValueError(f"Unknown attention backend {cfg.attention!r}; choose from {list(ATTENTION_BACKENDS)}")
+        check_heads(cfg.d_model, cfg.num_heads, cfg.attention)
         self.cfg = cfg
         self.residual = residual
         self.q_proj = nn.Linear(cfg.d_model, cfg.d_model)
@@ -105,9 +102,7 @@ class CARCAAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, cfg.d_model)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, length, d = x.shape
-        x = F.leaky_relu(x, self.cfg.leaky_slope)
-        return x.view(b, length, self.cfg.num_heads, d // self.cfg.num_heads).transpose(1, 2)  # (B, h, L, dh)
+        return split_heads(F.leaky_relu(x, self.cfg.leaky_slope), self.cfg.num_heads)  # (B, h, L, dh)
 
     def forward(self, query: torch.Tensor, key_value: torch.Tensor) -> torch.Tensor:
         """query (B, Lq, d), key_value (B, Lk, d) -> (B, Lq, d); all-zero key vectors are masked."""
@@ -121,8 +116,7 @@ class CARCAAttention(nn.Module):
         out = attention(
             q, k, v, backend=self.cfg.attention, key_padding_mask=zero_keys, dropout_p=dropout_p, fully_masked="uniform"
         )
-        b, _, lq, _ = out.shape
-        out = out.transpose(1, 2).reshape(b, lq, -1)  # (B, Lq, d)
+        out = merge_heads(out)  # (B, Lq, d)
         return out * query if self.residual else out  # CARCA's multiplicative "residual"
 
 
