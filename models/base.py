@@ -18,7 +18,7 @@ applies when it builds a config for that profile.
 """
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,12 +34,6 @@ ATTENTION_BACKENDS = ("naive", "sdpa")
 def check_attention_backend(name: str) -> None:
     if name not in ATTENTION_BACKENDS:
         raise ValueError(f"Unknown attention backend {name!r}; choose from {list(ATTENTION_BACKENDS)}")
-
-
-class SequentialRecommender(Protocol):
-    def forward(self, batch: Batch) -> torch.Tensor: ...
-    def predict(self, batch: Batch) -> torch.Tensor: ...
-    def configure_optimizer(self) -> torch.optim.Optimizer: ...
 
 
 @dataclass(frozen=True)
