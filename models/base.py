@@ -18,7 +18,7 @@ applies when it builds a config for that profile.
 """
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,10 +31,9 @@ Family = Literal["attention", "convolution", "linear-attention", "fft-filter", "
 ATTENTION_BACKENDS = ("naive", "sdpa")
 
 
-class SequentialRecommender(Protocol):
-    def forward(self, batch: Batch) -> torch.Tensor: ...
-    def predict(self, batch: Batch) -> torch.Tensor: ...
-    def configure_optimizer(self) -> torch.optim.Optimizer: ...
+def check_attention_backend(name: str) -> None:
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"Unknown attention backend {name!r}; choose from {list(ATTENTION_BACKENDS)}")
 
 
 @dataclass(frozen=True)
@@ -87,8 +86,7 @@ class ModelSpec:
             "item_feature_dim": profile.item_feature_dim,
         }
         if attention is not None and self.has_attention_backend:
-            if attention not in ATTENTION_BACKENDS:
-                raise ValueError(f"Unknown attention backend {attention!r}; choose from {list(ATTENTION_BACKENDS)}")
+            check_attention_backend(attention)
             knobs["attention"] = attention
         knobs.update(overrides)
         names = self.config_fields()

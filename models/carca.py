@@ -1,13 +1,29 @@
 """CARCA (Rashed et al., RecSys 2022): context- and attribute-aware next-item scoring by cross-attention.
 
-Follows the authors' TensorFlow code (ahmedrashed-ml/CARCA: CARCA.py) at its Beauty settings.
-An item vector is Linear(6d -> d)(concat[token embedding (d), Linear(F + 6 -> 5d)(concat[item
-features, 6 context values])]); no positional embedding (the authors build a table but never add
-it: order enters through the context values). The profile goes through blocks of [attention whose
-query is LN(x) and whose keys/values are x, with Q, K, V = LeakyReLU(Linear) and no output
-projection, multiplied by its query -> LN -> point-wise FFN with residual -> padding zeroed], then a
-final LN. Targets then attend over the profile with a second attention of the same kind, and
-Linear(d -> 1) gives their score.
+Follows the authors' TensorFlow code (ahmedrashed-ml/CARCA@6f77ecc: CARCA.py) at its Beauty settings
+(the others: PRESETS). An item vector is Linear(6d -> d)(concat[token embedding (d),
+Linear(F + 6 -> 5d)(concat[item features, 6 context values])]); no positional embedding: order
+enters through the context values. The profile goes through blocks of [attention whose query is
+LN(x) and whose keys/values are x, with Q, K, V = LeakyReLU(Linear) and no output projection,
+multiplied by its query -> LN -> point-wise FFN with residual -> padding zeroed], then a final LN.
+Targets then attend over the profile with a second attention of the same kind, and Linear(d -> 1)
+gives their score.
+
+Two things of CARCA.py that a reader of the paper would not expect:
+- Its attention masks the keys whose input vector is all zero (tf.sign of the sum of |key|), not
+  padded ids; so does this file. In the self-attention the keys are the block's input, zeroed at
+  padding, so the zero-vector mask is the padding mask. In the cross-attention the keys are the
+  final LayerNorm's output, whose padded rows equal its shift beta: they are masked while beta is
+  zero (at initialisation) and, once training moves beta, enter the softmax as keys equal to beta,
+  more of them the more a history is padded. Masked scores are -2**32 + 1 rather than -inf: the
+  same, except that a row whose every key is masked attends to all of them uniformly, as here
+  (``fully_masked="uniform"``). Its query mask, which zeroes the outputs of all-zero queries, is
+  left out: in the self-attention the output is multiplied by that zero query anyway, and an
+  all-zero target vector is a padded target, which the loss leaves out.
+- It builds a (maxlen, d) positional table (scope dec_pos) under the item table's L2 penalty but
+  never adds it to the input (``self.seq += t`` is commented out): the table only adds
+  l2_emb / 2 * |P|^2 to the loss, whose gradient shrinks P and nothing else. It is left out here:
+  maxlen x d parameters (6,750 at Beauty, 75 x 90) and their optimizer state fewer, the same outputs.
 
 Training is SASRec's: every real position t has its next item and one sampled negative, both with
 the next item's context; each of them attends over the whole profile (not causal), and BCE on the
@@ -24,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.attention import attention
-from models.base import ATTENTION_BACKENDS, Batch, frozen_feature_table, fused_on_cuda, next_item_bce, random_items
+from models.attention import attention, check_heads, merge_heads, split_heads
+from models.base import Batch, frozen_feature_table, fused_on_cuda, next_item_bce, random_items
 from models import item_context
 from models.profiles import CONTEXT_FEATURES
 
@@ -78,10 +94,7 @@ class CARCAAttention(nn.Module):
 
     def __init__(self, cfg: CARCAConfig, residual: bool):
         super().__init__()
-        if cfg.d_model % cfg.num_heads:
-            raise ValueError(f"d_model {cfg.d_model} is not divisible by num_heads {cfg.num_heads}")
-        if cfg.attention not in ATTENTION_BACKENDS:
-            raise ValueError(f"Unknown attention backend {cfg.attention!r}; choose from {list(ATTENTION_BACKENDS)}")
+        check_heads(cfg.d_model, cfg.num_heads, cfg.attention)
         self.cfg = cfg
         self.residual = residual
         self.q_proj = nn.Linear(cfg.d_model, cfg.d_model)
@@ -89,19 +102,21 @@ class CARCAAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, cfg.d_model)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, length, d = x.shape
-        x = F.leaky_relu(x, self.cfg.leaky_slope)
-        return x.view(b, length, self.cfg.num_heads, d // self.cfg.num_heads).transpose(1, 2)  # (B, h, L, dh)
+        return split_heads(F.leaky_relu(x, self.cfg.leaky_slope), self.cfg.num_heads)  # (B, h, L, dh)
 
-    def forward(self, query: torch.Tensor, key_value: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        """query (B, Lq, d), key_value (B, Lk, d), padding (B, Lk) True at padded keys -> (B, Lq, d)."""
+    def forward(self, query: torch.Tensor, key_value: torch.Tensor) -> torch.Tensor:
+        """query (B, Lq, d), key_value (B, Lk, d) -> (B, Lq, d); all-zero key vectors are masked."""
+        zero_keys = (key_value == 0).all(dim=-1)  # (B, Lk), the authors' key mask
         q = self._heads(self.q_proj(query))
         k = self._heads(self.k_proj(key_value))
         v = self._heads(self.v_proj(key_value))
         dropout_p = self.cfg.dropout if self.training else 0.0
-        out = attention(q, k, v, backend=self.cfg.attention, key_padding_mask=padding, dropout_p=dropout_p)
-        b, _, lq, _ = out.shape
-        out = out.transpose(1, 2).reshape(b, lq, -1)  # (B, Lq, d)
+        # The authors' masked score is finite (-2**32 + 1): a row whose keys are all zero vectors
+        # (a one-item profile whose item the attention dropout zeroed) attends to all uniformly.
+        out = attention(
+            q, k, v, backend=self.cfg.attention, key_padding_mask=zero_keys, dropout_p=dropout_p, fully_masked="uniform"
+        )
+        out = merge_heads(out)  # (B, Lq, d)
         return out * query if self.residual else out  # CARCA's multiplicative "residual"
 
 
@@ -117,7 +132,8 @@ class Block(nn.Module):
         self.leaky_slope = cfg.leaky_slope
 
     def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        x = self.attention(self.attention_norm(x), x, padding)
+        """x (B, L, d), zero at padding -> (B, L, d), zero at padding: its keys' mask is the padding."""
+        x = self.attention(self.attention_norm(x), x)
         h = self.ffn_norm(x)
         x = h + self.dropout(self.fc2(self.dropout(F.leaky_relu(self.fc1(h), self.leaky_slope))))
         return x * ~padding.unsqueeze(-1)  # padded positions back to zero, so they stay masked keys
@@ -171,9 +187,10 @@ class CARCA(nn.Module):
             x = block(x, padding)
         return self.final_norm(x)
 
-    def _scores(self, targets: torch.Tensor, profile: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        """targets (B, n, d) attend over the profile (B, L, d) -> scores (B, n)."""
-        return self.score(self.cross_attention(targets, profile, padding)).squeeze(-1)
+    def _scores(self, targets: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
+        """targets (B, n, d) attend over the profile (B, L, d) -> scores (B, n). Padded profile rows
+        are the final LayerNorm's shift: masked keys only while it is zero, as the authors'."""
+        return self.score(self.cross_attention(targets, profile)).squeeze(-1)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         seq, pos = batch["seq"], batch["pos"]
@@ -183,7 +200,7 @@ class CARCA(nn.Module):
         # the profile computes the profile's keys and values once for both.
         ids = torch.stack([pos, batch["neg"]], dim=1)  # (B, 2, L)
         targets = self.embed(ids, batch["pos_context"].unsqueeze(1), 1.0).view(b, 2 * length, -1)  # (B, 2L, d)
-        logits = self._scores(targets, profile, seq == 0).view(b, 2, length)  # scores (B, h, 2L, L)
+        logits = self._scores(targets, profile).view(b, 2, length)  # scores (B, h, 2L, L)
         return next_item_bce(logits[:, 0], logits[:, 1], pos != 0) + 0.5 * self.cfg.l2_emb * self.item_emb.weight.square().sum()
 
     def predict(self, batch: Batch) -> torch.Tensor:
@@ -191,7 +208,7 @@ class CARCA(nn.Module):
         seq = batch["seq"]
         profile = self.encode_profile(seq, batch["context"])
         candidates = self.embed(batch["candidates"], batch["candidate_context"], 1.0)  # (B, C, d)
-        return self._scores(candidates, profile, seq == 0)
+        return self._scores(candidates, profile)
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]

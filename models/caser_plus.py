@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from models.base import Batch, fused_on_cuda, left_padded_lengths_mask, random_items
 from models.caser import CaserLayers

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import Batch, frozen_feature_table, fused_on_cuda, left_padded_lengths_mask, random_items
+from models.layers import StdLayerNorm
 from models.profiles import CONTEXT_FEATURES
 
 TIME_FEATURES = 3  # year, month, day: the context columns whose differences are the intervals
@@ -57,21 +58,6 @@ PRESETS: dict[str, dict] = {
     "fashion": {"dropout": 0.35, "lr": 5e-5, "weight_decay": 0.1},
     "men": {"dropout": 0.3, "lr": 1e-4, "weight_decay": 0.1},
 }
-
-
-class StdLayerNorm(nn.Module):
-    """The authors' LayerNorm: (x - mean) / (unbiased std + eps), not torch's sqrt(var + eps)."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(-1, keepdim=True)
-        std = x.std(-1, keepdim=True)
-        return self.weight * (x - mean) / (std + self.eps) + self.bias
 
 
 class ItemEncoder(nn.Module):

@@ -98,9 +98,7 @@ class LightweightConvBlock(nn.Module):
 
 class LightweightConvRec(NextItemModel):
     def __init__(self, cfg: LightweightConvRecConfig):
-        super().__init__(cfg.num_items, cfg.max_len, cfg.d_model, cfg.dropout, cfg.layer_norm_eps)
-        self.cfg = cfg
-        self.blocks.extend(LightweightConvBlock(cfg) for _ in range(cfg.num_blocks))
+        super().__init__(cfg, LightweightConvBlock)
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.cfg.lr, **fused_on_cuda(self))

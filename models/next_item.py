@@ -4,9 +4,10 @@ Scaled item embedding + learned positional embedding -> dropout -> padded positi
 original SASRec's timeline mask, whatever the padding rows of the tables hold) -> a stack of
 blocks -> final LayerNorm; training scores the next item and one sampled negative at every position with BCE
 on dot products with the shared item embedding; inference scores candidates from the last position.
-The models differ only in their blocks and optimizer.
+The models differ only in their blocks, initialisation and optimizer.
 """
 import math
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,16 +33,18 @@ class PointWiseFeedForward(nn.Module):
 
 
 class NextItemModel(nn.Module):
-    """Subclasses fill ``self.blocks`` with modules mapping (x (B, L, d), real (B, L)) -> (B, L, d)."""
+    """``cfg`` has num_items, max_len, d_model, num_blocks, dropout, layer_norm_eps; ``block(cfg)``
+    builds one block, a module mapping (x (B, L, d), real (B, L)) -> (B, L, d)."""
 
-    def __init__(self, num_items: int, max_len: int, d_model: int, dropout: float, layer_norm_eps: float):
+    def __init__(self, cfg, block: Callable[[Any], nn.Module]):
         super().__init__()
-        self.d_model = d_model
-        self.item_emb = nn.Embedding(num_items + 1, d_model, padding_idx=0)
-        self.pos_emb = nn.Embedding(max_len + 1, d_model, padding_idx=0)  # position 0 = padding
-        self.emb_dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList()
-        self.final_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.cfg = cfg
+        self.d_model = cfg.d_model
+        self.item_emb = nn.Embedding(cfg.num_items + 1, cfg.d_model, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_len + 1, cfg.d_model, padding_idx=0)  # position 0 = padding
+        self.emb_dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(block(cfg) for _ in range(cfg.num_blocks))
+        self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
 
     def encode(self, batch: Batch) -> torch.Tensor:
         """batch["seq"]: (B, L) item ids, 0 = padding -> (B, L, d); position t sees items <= t."""

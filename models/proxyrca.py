@@ -18,6 +18,7 @@ from torch import nn
 from models.attention import MultiHeadAttention
 from models.base import Batch, frozen_feature_table, fused_on_cuda
 from models.item_context import make_candidate_batch
+from models.layers import StdLayerNorm
 from models.profiles import CONTEXT_FEATURES
 
 
@@ -42,24 +43,6 @@ class ProxyRCAConfig:
 
 
 make_batch = make_candidate_batch  # profile + contexts, 101 candidates with the positive's context
-
-
-class LayerNorm(nn.Module):
-    """The authors' LayerNorm: (x - mean) / (unbiased std + eps), then scale and shift.
-
-    Differs from nn.LayerNorm (biased variance, eps inside the square root) by ~0.2% at d = 256,
-    so it is kept as they wrote it.
-    """
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        std, mean = torch.std_mean(x, dim=-1, keepdim=True)
-        return torch.addcmul(self.bias, self.weight, (x - mean) / (std + self.eps))
 
 
 class FeedForward(nn.Module):
@@ -120,9 +103,9 @@ class TransformerLayer(nn.Module):
 
     def __init__(self, cfg: ProxyRCAConfig):
         super().__init__()
-        self.attention_norm = LayerNorm(cfg.d_model, cfg.layer_norm_eps)
+        self.attention_norm = StdLayerNorm(cfg.d_model, cfg.layer_norm_eps)
         self.attention = MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.dropout, cfg.attention)
-        self.ffn_norm = LayerNorm(cfg.d_model, cfg.layer_norm_eps)
+        self.ffn_norm = StdLayerNorm(cfg.d_model, cfg.layer_norm_eps)
         self.ffn = FeedForward(cfg.d_model, cfg.dropout)
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -138,8 +121,8 @@ class CrossAttention(nn.Module):
 
     def __init__(self, cfg: ProxyRCAConfig):
         super().__init__()
-        self.candidate_norm = LayerNorm(cfg.d_model, cfg.layer_norm_eps)
-        self.profile_norm = LayerNorm(cfg.d_model, cfg.layer_norm_eps)
+        self.candidate_norm = StdLayerNorm(cfg.d_model, cfg.layer_norm_eps)
+        self.profile_norm = StdLayerNorm(cfg.d_model, cfg.layer_norm_eps)
         self.attention = MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.dropout, cfg.attention)
         self.dropout = nn.Dropout(cfg.dropout)
         self.ffn = FeedForward(cfg.d_model, cfg.dropout)
@@ -156,7 +139,7 @@ class ProxyRCA(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.item_encoder = ProxyItemEncoder(cfg)
-        self.item_norm = LayerNorm(cfg.d_model, cfg.layer_norm_eps)
+        self.item_norm = StdLayerNorm(cfg.d_model, cfg.layer_norm_eps)
         self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.num_layers))
         self.cross_attention = CrossAttention(cfg)
         self.score = nn.Linear(cfg.d_model, 1)

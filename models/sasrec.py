@@ -77,9 +77,7 @@ class SASRecBlock(nn.Module):
 
 class SASRec(NextItemModel):
     def __init__(self, cfg: SASRecConfig):
-        super().__init__(cfg.num_items, cfg.max_len, cfg.d_model, cfg.dropout, cfg.layer_norm_eps)
-        self.cfg = cfg
-        self.blocks.extend(SASRecBlock(cfg) for _ in range(cfg.num_blocks))
+        super().__init__(cfg, SASRecBlock)
         self._init_weights()
 
     @torch.no_grad()

@@ -48,3 +48,47 @@ def test_unknown_backend_is_refused():
     q, k, v = inputs(4, 8)
     with pytest.raises(ValueError, match="Unknown attention backend 'flash'"):
         attention(q, k, v, backend="flash")
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_a_row_with_every_key_masked_outputs_zero_in_both_backends(causal):
+    q, k, v = inputs(9, 16)
+    mask = torch.zeros(2, 9, dtype=torch.bool)
+    empty = torch.zeros(2, 9, dtype=torch.bool)  # (B, Lq): the query rows with no key left
+    if causal:
+        mask[0, :4] = True  # left padding: queries 0..3 of batch row 0 see only padding
+        empty[0, :4] = True
+    else:
+        mask[0] = True  # batch row 0 has no real key at all
+        empty[0] = True
+    rows = empty[:, None, :].expand(-1, 3, -1)  # (B, h, Lq)
+    outputs, grads = {}, {}
+    for backend in ("naive", "sdpa"):
+        out = attention(q, k, v, backend=backend, causal=causal, key_padding_mask=mask)
+        outputs[backend] = out
+        grads[backend] = torch.autograd.grad((out * torch.linspace(-1, 1, 16)).sum(), (q, k, v))
+        assert torch.isfinite(out).all() and (out[rows] == 0).all(), backend
+        assert all(torch.isfinite(g).all() for g in grads[backend]), backend
+        assert (grads[backend][0][rows] == 0).all(), backend  # no gradient reaches those queries
+    torch.testing.assert_close(outputs["naive"], outputs["sdpa"], atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads["naive"], grads["sdpa"]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    # Batch row 1 has no padding: the same as without a mask.
+    unmasked = attention(q, k, v, backend="naive", causal=causal)
+    torch.testing.assert_close(outputs["naive"][1], unmasked[1])
+
+
+def test_uniform_fully_masked_rows_attend_to_every_key_alike_in_both_backends():
+    """fully_masked="uniform": a large finite masked score, as CARCA's TensorFlow code uses."""
+    q, k, v = inputs(6, 16)
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[0] = True
+    mask[1, :2] = True
+    naive = attention(q, k, v, backend="naive", key_padding_mask=mask, fully_masked="uniform")
+    fused = attention(q, k, v, backend="sdpa", key_padding_mask=mask, fully_masked="uniform")
+    torch.testing.assert_close(fused, naive, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(naive[0], v[0].mean(dim=-2, keepdim=True).expand(-1, 6, -1))
+    zero = attention(q, k, v, backend="naive", key_padding_mask=mask)  # the other rows as ever
+    torch.testing.assert_close(naive[1], zero[1])
+    with pytest.raises(ValueError, match="Unknown fully_masked 'nan'"):
+        attention(q, k, v, backend="naive", key_padding_mask=mask, fully_masked="nan")

@@ -130,17 +130,12 @@ def tf_model(model, batch):
 
 
 def randomise(model):
-    """Move every trainable weight off its initial value, except the final LayerNorm's shift.
-
-    The authors read the cross-attention's key mask from the key vectors; padded rows of the final
-    LayerNorm's output equal its shift β, so their mask drops the padded keys only while β = 0 (at
-    initialisation). Once training moves β, padded positions join the softmax as keys equal to β;
-    we take that for a bug and mask by the item ids, which is what the equality here checks.
-    """
+    """Move every trainable weight off its initial value, as training does: the final LayerNorm's
+    shift too, which makes the padded profile rows non-zero keys of the cross-attention."""
     torch.manual_seed(1)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.requires_grad and name != "final_norm.bias":
+        for p in model.parameters():
+            if p.requires_grad:
                 p.add_(0.1 * torch.randn_like(p))
 
 
@@ -159,7 +154,7 @@ def test_loss_and_predict_equal_the_authors_computation(attention, cross_residua
 
 
 @pytest.mark.parametrize("attention", ["naive", "sdpa"])
-def test_padding_invariance(attention):
+def test_what_sits_at_padded_positions_is_invisible(attention):
     cfg = tiny_config(attention=attention)
     torch.manual_seed(0)
     model = CARCA(cfg).eval()
@@ -176,6 +171,55 @@ def test_padding_invariance(attention):
     with torch.no_grad():
         torch.testing.assert_close(model.predict(changed), model.predict(batch), atol=1e-6, rtol=0)
         torch.testing.assert_close(model(changed), model(batch), atol=1e-6, rtol=0)
+
+
+def left_padded(batch, extra: int):
+    """The same histories with ``extra`` more padded positions in front."""
+    out = dict(batch)
+    for key in ("seq", "pos", "neg"):
+        out[key] = F.pad(batch[key], (extra, 0))
+    for key in ("context", "pos_context"):
+        out[key] = F.pad(batch[key], (0, 0, extra, 0))
+    return out
+
+
+@pytest.mark.parametrize("attention", ["naive", "sdpa"])
+def test_cross_attention_keys_are_masked_by_zero_vectors_as_the_authors(attention):
+    """The authors mask all-zero key vectors. The self-attention's padded keys are zero: masked.
+    The cross-attention's are the final LayerNorm's shift beta: masked at initialisation (beta = 0),
+    so more padding changes nothing; attended once beta moves, so more padding changes the scores."""
+    cfg = tiny_config(attention=attention)
+    torch.manual_seed(0)
+    model = CARCA(cfg).eval()
+    randomise(model)
+    batch = tiny_batch(cfg, batch_size=8, seq_len=10)
+    longer = left_padded(batch, 5)
+    with torch.no_grad():
+        model.final_norm.bias.zero_()  # as initialised
+        torch.testing.assert_close(model.predict(longer), model.predict(batch), atol=1e-6, rtol=0)
+        torch.testing.assert_close(model(longer), model(batch), atol=1e-6, rtol=0)
+        model.final_norm.bias.normal_()
+        moved = (model.predict(longer) - model.predict(batch)).abs().amax(dim=1)
+    assert (moved > 1e-3).all(), "padded keys equal to beta must take part in the softmax"
+
+
+@pytest.mark.parametrize("attention", ["naive", "sdpa"])
+def test_keys_that_are_all_zero_vectors_are_attended_uniformly_as_the_authors(attention):
+    """CARCA.py's masked score is -2**32 + 1, not -inf: a row with every key masked weighs them all
+    the same (a one-item profile whose item the attention dropout zeroed, at initialisation)."""
+    cfg = tiny_config(attention=attention)
+    torch.manual_seed(0)
+    model = CARCA(cfg).eval()
+    randomise(model)
+    att = model.cross_attention
+    queries, keys = torch.randn(2, 5, cfg.d_model), torch.randn(2, 7, cfg.d_model)
+    keys[0] = 0.0
+    keys[1, :3] = 0.0
+    with torch.no_grad():
+        out = att(queries, keys)
+        torch.testing.assert_close(out, tf_multihead_attention(att, queries, keys, cfg.num_heads, True))
+    values = F.leaky_relu(att.v_proj(torch.zeros(cfg.d_model)), 0.2)  # every key's value in row 0
+    torch.testing.assert_close(out[0], values * queries[0])  # the uniform mean, times the query
 
 
 @pytest.mark.parametrize("d_model, num_heads", [(20, 2), (18, 1), (32, 4)])
