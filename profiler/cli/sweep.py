@@ -27,7 +27,7 @@ def sweep(
     profile: Annotated[Optional[str], typer.Option(callback=options.parse_profile, help="Dataset profile for every model [each model's own].")] = None,
     out_path: Annotated[Optional[Path], typer.Option("--out", help="Results CSV [results/sweep-<time>.csv].")] = None,
     resume: Annotated[bool, typer.Option(help="Continue --out, measuring only the missing points.")] = False,
-    dtype: Annotated[Optional[str], typer.Option(callback=options.parse_dtypes, help="Arithmetic: float32 (full fp32 for convolutions and matrix products), tf32 (TF32 tensor cores for both), or both [float32].")] = None,
+    dtype: Annotated[Optional[str], typer.Option(callback=options.parse_dtypes, help="Arithmetic, comma-separated: float32 (full fp32 for convolutions and matrix products), tf32 (TF32 tensor cores for both), bf16 (bfloat16 weights and activations), amp-bf16 (fp32 weights under bfloat16 autocast) [float32].")] = None,
     target_ci: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Stop repeating once the median's 95% interval is within this fraction of it [GPU 0.01, CPU 0.02].")] = None,
     time_budget_s: Annotated[Optional[float], typer.Option(min=0.0, help="Most timed seconds per point, whatever the interval [GPU 1.0, CPU 0.5].")] = None,
     min_reps: Annotated[Optional[int], typer.Option(min=1, help="Fewest timed repetitions per point [GPU 3, CPU 5].")] = None,

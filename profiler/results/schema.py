@@ -11,6 +11,7 @@ import pandas as pd
 MODES: tuple[str, ...] = ("train", "infer")
 NO_ATTENTION = "none"  # the attention knob of models without attention layers
 STATUSES = ("ok", "oom", "skipped", "error")
+DEFAULT_DTYPE = "float32"
 
 # The knobs a series shares: its points differ only in length (and seed). An OOM ends the longer
 # points of a series; the analysis fits one curve per series.
@@ -71,7 +72,7 @@ class PointSpec:
     attention: str
     device: str  # "cuda" or "cpu"
     seed: int = 0
-    dtype: str = "float32"
+    dtype: str = "float32"  # DEFAULT_DTYPE
 
     @property
     def key(self) -> tuple:
@@ -83,7 +84,8 @@ class PointSpec:
 
     @property
     def label(self) -> str:
-        return f"{variant_name(self.model, self.attention)} {self.mode} L={self.seq_len}"
+        knobs = "" if self.dtype == DEFAULT_DTYPE else f" {self.dtype}"
+        return f"{variant_name(self.model, self.attention)}{knobs} {self.mode} L={self.seq_len}"
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

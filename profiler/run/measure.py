@@ -39,7 +39,8 @@ def prime_process(point: PointSpec) -> None:
     seq_len, batch_size = min(point.seq_len, PRIME_LENGTH), min(point.batch_size, PRIME_BATCH)
     for mode in ("train", "infer"):
         workload = build_workload(
-            point.model, point.attention, mode, seq_len, batch_size, point.profile, point.device, point.seed
+            point.model, point.attention, mode, seq_len, batch_size, point.profile, point.device, point.seed,
+            point.dtype,
         )
         workload.step()
     _synchronize(point.device)
@@ -84,7 +85,8 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None)
         record["nvml_source"] = nvml_reader.source
 
     workload = build_workload(
-        point.model, point.attention, point.mode, point.seq_len, point.batch_size, point.profile, device, point.seed
+        point.model, point.attention, point.mode, point.seq_len, point.batch_size, point.profile, device, point.seed,
+        point.dtype,
     )
     costs = step_costs(workload)  # the first step: it also creates the optimizer state
     record.update(

@@ -2,11 +2,19 @@
 
 PyTorch's defaults differ by operation: cuDNN convolutions use TF32 tensor cores, matrix products
 use full fp32. Left alone, an "fp32" comparison would give the convolutional models tensor cores
-and the attention models none. ``float32`` turns TF32 off for both; ``tf32`` turns it on for both.
-"""
-import torch
+and the attention models none. So every dtype sets both switches:
 
-DTYPES = ("float32", "tf32")
+- ``float32``: weights, activations and arithmetic in fp32; TF32 off for convolutions and matmuls.
+- ``tf32``: fp32 tensors, TF32 tensor cores for both.
+- ``bf16``: weights, inputs and activations in bfloat16 (integer ids stay integers).
+- ``amp-bf16``: fp32 weights, the forward under ``torch.autocast`` to bfloat16 (mixed precision).
+"""
+import contextlib
+
+import torch
+from torch import nn
+
+DTYPES = ("float32", "tf32", "bf16", "amp-bf16")
 
 
 def apply_precision(dtype: str) -> None:
@@ -24,3 +32,18 @@ def precision_flags() -> dict:
         "matmul_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
         "cudnn_tf32": bool(torch.backends.cudnn.allow_tf32),
     }
+
+
+def cast_for(dtype: str, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Casts the model in place and returns the batch in the dtype's storage type."""
+    if dtype != "bf16":
+        return batch
+    model.to(torch.bfloat16)
+    return {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in batch.items()}
+
+
+def forward_context(dtype: str, device: str):
+    """What the forward runs under: autocast for mixed precision, nothing otherwise."""
+    if dtype == "amp-bf16":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

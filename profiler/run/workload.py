@@ -15,6 +15,7 @@ from models.base import count_parameters
 from models.profiles import get_profile
 from models.registry import get_spec
 from profiler.results.schema import NO_ATTENTION
+from profiler.run.precision import cast_for, forward_context
 from profiler.trackers.footprint import TensorFootprint, inference_footprint, train_step_footprint
 
 
@@ -36,8 +37,10 @@ def build_workload(
     profile: str,
     device: str,
     seed: int = 0,
+    dtype: str = "float32",
 ) -> Workload:
-    """``attention`` is a backend name, or None / "none" for models without attention layers."""
+    """``attention`` is a backend name, or None / "none" for models without attention layers;
+    ``dtype`` one of profiler.run.precision.DTYPES."""
     spec = get_spec(model_name)
     backend = None if attention in (None, NO_ATTENTION) else attention
     config = spec.build_config(get_profile(profile), seq_len, backend)
@@ -47,14 +50,16 @@ def build_workload(
     with torch.device(device):
         model = spec.build(config)
     generator = torch.Generator(device=device).manual_seed(seed)
-    batch = spec.make_batch(config, batch_size, seq_len, device, generator)
+    batch = cast_for(dtype, model, spec.make_batch(config, batch_size, seq_len, device, generator))
     if mode == "train":
         model.train()
         optimizer = model.configure_optimizer()
 
         def train_step() -> None:
             optimizer.zero_grad(set_to_none=True)
-            model(batch).backward()
+            with forward_context(dtype, device):
+                loss = model(batch)
+            loss.backward()
             optimizer.step()
 
         return Workload(model, batch, optimizer, train_step, mode)
@@ -63,7 +68,7 @@ def build_workload(
     model.eval()
 
     def infer_step() -> None:
-        with torch.inference_mode():
+        with torch.inference_mode(), forward_context(dtype, device):
             model.predict(batch)
 
     return Workload(model, batch, None, infer_step, mode)
