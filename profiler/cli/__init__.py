@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from profiler.cli import analyse, info, reproduce, sweep
+from profiler.cli import analyse, info, limits, reproduce, sweep
 from profiler.cli.common import app
 
 __all__ = ["app", "main"]
@@ -17,6 +17,7 @@ app.command("sweep")(sweep.sweep)
 app.command("report")(analyse.report)
 app.command("plot")(analyse.plot_command)
 app.command("reproduce")(reproduce.reproduce_command)
+app.command("max-length")(limits.max_length)
 app.command("models")(info.list_models)
 app.command("env")(info.show_environment)
 

@@ -81,9 +81,11 @@ class Worker:
         self._ready = True
         self.start_s = time.perf_counter() - self._spawned_at
 
-    def measure(self, point: PointSpec, budget: MeasurementBudget, timeout_s: float) -> dict:
+    def measure(self, point: PointSpec, budget: MeasurementBudget, timeout_s: float,
+                memory_limit_mib: float | None = None) -> dict:
+        """``memory_limit_mib``: the device memory of a smaller card to emulate (context included)."""
         self._wait_until_ready()
-        self._conn.send({"point": point.as_dict(), "budget": asdict(budget)})
+        self._conn.send({"point": point.as_dict(), "budget": asdict(budget), "memory_limit_mib": memory_limit_mib})
         record = self._receive(timeout_s, "point")
         self.points_measured += 1
         return record

@@ -16,6 +16,7 @@ from profiler.results.schema import PointSpec
 from profiler.run.faults import FAULT_ENV, with_injected_faults
 from profiler.run.measure import measure_point, prime_process
 from profiler.trackers.timing import MeasurementBudget
+from profiler.units import MIB
 
 PR_SET_PDEATHSIG = 1  # from linux/prctl.h
 
@@ -33,11 +34,24 @@ def _release_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, prime: bool, measure=measure_point) -> dict:
+def limit_device_memory(limit_mib: float, nvml_reader) -> None:
+    """Lets the allocator use what a card of ``limit_mib`` would leave it: the card's memory less what
+    this process already holds outside the allocator (the CUDA context, loaded kernels), as NVML reads."""
+    held_mib = nvml_reader.read_mib() if nvml_reader is not None else 0.0
+    total_mib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / MIB
+    if limit_mib <= held_mib:
+        raise ValueError(f"a {limit_mib / 1024:g} GiB budget is below the {held_mib:.0f} MiB the CUDA context already holds")
+    torch.cuda.set_per_process_memory_fraction(min(1.0, (limit_mib - held_mib) / total_mib))
+
+
+def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, prime: bool, measure=measure_point,
+                   memory_limit_mib: float | None = None) -> dict:
     try:
         if prime:
             prime_process(point)
             _release_memory(point.device)
+        if memory_limit_mib is not None and point.device == "cuda":
+            limit_device_memory(memory_limit_mib, nvml_reader)
         record = measure(point, budget, nvml_reader)
         record["status"] = "ok"
     except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded result
@@ -112,7 +126,8 @@ def worker_main(conn, device: str, cpu: int | None = None, threads: int = 1) -> 
             pinned = True
         point = PointSpec(**message["point"])
         budget = MeasurementBudget(**message["budget"])
-        record = measure_safely(point, budget, nvml_reader, prime=not primed, measure=measure)
+        record = measure_safely(point, budget, nvml_reader, prime=not primed, measure=measure,
+                                memory_limit_mib=message.get("memory_limit_mib"))
         primed = True
         if nvml_unavailable:
             record["nvml_source"] = nvml_unavailable

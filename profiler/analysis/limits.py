@@ -1,0 +1,157 @@
+"""What fits on a card: the longest sequence (or largest batch) whose step fits in N GiB.
+
+On a GPU every probe runs the real step in a fresh worker whose allocator is held to what a card of
+that size leaves after the CUDA context, so an out-of-memory probe poisons nothing. The search
+doubles until a probe fails, then bisects between the last fit and the first failure. Without a
+GPU (or asked to predict), the tensor footprint measured on the CPU at a few lengths is fitted and
+solved for the budget: a prediction, labelled so.
+"""
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from models.registry import get_spec
+from profiler.analysis.fit import evaluate, fit_polynomial
+from profiler.results.schema import PointSpec
+from profiler.run.runner import Worker, WorkerDied, WorkerTimedOut
+from profiler.run.workload import build_workload, step_costs
+from profiler.trackers.timing import MeasurementBudget
+
+GIB_MIB = 1024.0
+# One step is enough to know whether it fits: the first step allocates the optimizer state and
+# every activation; later steps reuse the same blocks.
+PROBE_BUDGET = MeasurementBudget(warmup_steps=1, max_warmup_steps=1, min_reps=1, max_reps=1, time_budget_s=0.0)
+PROBE_TIMEOUT_S = 900.0
+# What a CUDA process holds outside the allocator on the H200 (context and loaded kernels, NVML's
+# baseline in results/h200-default-run2.csv: 808 to 828 MiB); a prediction subtracts it.
+CONTEXT_MIB = 830.0
+# The CPU lengths (or batch sizes) a prediction fits the footprint over.
+PREDICTION_LADDER = (16, 32, 64, 128)
+FOOTPRINT_PARTS = ("params_mib", "grads_mib", "optimizer_state_mib", "inputs_mib", "activations_mib")
+
+
+class LimitError(ValueError):
+    """A search that cannot be run; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    value: int  # the length or batch size probed
+    fits: bool
+    record: dict
+
+
+def search_largest(fits: Callable[[int], bool], start: int, limit: int) -> tuple[int | None, int | None]:
+    """The largest value in [start, limit] for which ``fits`` holds, assuming it holds below some
+    boundary and fails above it; and the smallest failing value found (None if none failed).
+    Doubles from ``start`` until a probe fails or ``limit`` is reached, then bisects."""
+    if start > limit:
+        raise LimitError(f"the search starts at {start}, above its limit {limit}")
+    if not fits(start):
+        return None, start
+    good, bad = start, None
+    while bad is None and good < limit:
+        candidate = min(2 * good, limit)
+        if fits(candidate):
+            good = candidate
+        else:
+            bad = candidate
+    while bad is not None and bad - good > 1:
+        middle = (good + bad) // 2
+        if fits(middle):
+            good = middle
+        else:
+            bad = middle
+    return good, bad
+
+
+@dataclass(frozen=True)
+class LimitQuery:
+    model: str
+    attention: str
+    mode: str
+    profile: str
+    vary: str  # "seq_len" or "batch_size"
+    fixed: int  # the batch size when varying the length, the length when varying the batch
+    memory_gib: float
+    dtype: str = "float32"
+
+    def point(self, value: int, device: str) -> PointSpec:
+        seq_len, batch_size = (value, self.fixed) if self.vary == "seq_len" else (self.fixed, value)
+        return PointSpec(self.model, seq_len, self.mode, batch_size, self.profile, self.attention, device,
+                         dtype=self.dtype)
+
+
+def probe_on_gpu(query: LimitQuery, value: int) -> Probe:
+    """One real step in a fresh worker under the emulated card's memory."""
+    worker = Worker("cuda")
+    try:
+        record = worker.measure(query.point(value, "cuda"), PROBE_BUDGET, PROBE_TIMEOUT_S, query.memory_gib * GIB_MIB)
+    except (WorkerDied, WorkerTimedOut) as exc:
+        raise LimitError(f"{query.model} at {query.vary} {value}: {exc}") from None
+    finally:
+        worker.close()
+    if record["status"] == "error":
+        raise LimitError(f"{query.model} at {query.vary} {value}: {record.get('error')}")
+    return Probe(value, record["status"] == "ok", record)
+
+
+def measured_limit(query: LimitQuery, start: int, limit: int) -> tuple[int | None, int | None, list[Probe]]:
+    probes: list[Probe] = []
+
+    def fits(value: int) -> bool:
+        probes.append(probe_on_gpu(query, value))
+        return probes[-1].fits
+
+    good, bad = search_largest(fits, start, limit)
+    return good, bad, probes
+
+
+def footprint_at(query: LimitQuery, value: int) -> dict:
+    """The tensor footprint's parts (MiB) of one step on the CPU."""
+    point = query.point(value, "cpu")
+    workload = build_workload(point.model, point.attention, point.mode, point.seq_len, point.batch_size,
+                              point.profile, "cpu", dtype=point.dtype)
+    parts = step_costs(workload).footprint
+    return {name: getattr(parts, name) for name in FOOTPRINT_PARTS}
+
+
+def predicted_limit(query: LimitQuery, limit: int, ladder=PREDICTION_LADDER) -> tuple[int | None, dict]:
+    """The largest value whose fitted footprint plus the CUDA context stays within the budget."""
+    budget_mib = query.memory_gib * GIB_MIB - CONTEXT_MIB
+    if budget_mib <= 0:
+        raise LimitError(f"a {query.memory_gib:g} GiB budget is below the CUDA context (about {CONTEXT_MIB:.0f} MiB)")
+    measured = {value: footprint_at(query, value) for value in ladder}
+    totals = [sum(parts.values()) for parts in measured.values()]
+    coefs = fit_polynomial(list(measured), totals)
+
+    def fits(value: int) -> bool:
+        return float(evaluate(coefs, value)) <= budget_mib
+
+    good, _ = search_largest(fits, 1, limit)
+    at = good or min(measured)
+    # Each part fitted on its own, read at the found value: what fills the card there.
+    parts = {name: float(evaluate(fit_polynomial(list(measured), [m[name] for m in measured.values()]), at))
+             for name in FOOTPRINT_PARTS}
+    return good, {"coefs": coefs, "parts": parts}
+
+
+def dominant_part(parts: dict) -> str:
+    name = max(parts, key=parts.get)
+    return name.removesuffix("_mib").replace("_", " ")
+
+
+def model_query(model: str, attention: str | None, mode: str, profile: str | None, vary: str, fixed: int,
+                memory_gib: float, dtype: str) -> LimitQuery:
+    spec = get_spec(model)
+    backend = (attention or "sdpa") if spec.has_attention_backend else "none"
+    return LimitQuery(model, backend, mode, profile or spec.default_profile, vary, fixed, memory_gib, dtype)
+
+
+def limit_of(spec_limit: int | None, requested: int) -> int:
+    return min(requested, spec_limit) if spec_limit is not None else requested
+
+
+def footprint_parts_of(record: dict) -> dict:
+    return {name: float(record[name]) for name in FOOTPRINT_PARTS if name in record and np.isfinite(record[name])}

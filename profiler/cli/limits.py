@@ -1,0 +1,96 @@
+"""seqprof max-length: the longest history (or largest batch) whose step fits in N GiB."""
+from pathlib import Path
+from typing import Annotated, Optional
+
+import pandas as pd
+import typer
+from rich.table import Table
+
+from models.registry import REGISTRY, get_spec
+from profiler.analysis.limits import (
+    CONTEXT_MIB,
+    LimitError,
+    dominant_part,
+    footprint_parts_of,
+    limit_of,
+    measured_limit,
+    model_query,
+    predicted_limit,
+)
+from profiler.cli import options
+from profiler.cli.common import console, fail, out
+from profiler.results.files import atomic_write_text
+from profiler.trackers.environment import resolve_device
+
+VARY = {"length": "seq_len", "batch-size": "batch_size"}
+
+
+def max_length(
+    memory_gib: Annotated[float, typer.Option(min=0.0, help="The card's memory in GiB, CUDA context included (e.g. 24).")],
+    models: Annotated[Optional[str], typer.Option(callback=options.parse_models, help="Models, comma-separated [all].")] = None,
+    mode: Annotated[str, typer.Option(callback=options.parse_mode, help="train or infer [train].")] = "train",
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size while the length varies [128].")] = 128,
+    length: Annotated[int, typer.Option(min=1, help="Length while the batch size varies (--vary batch-size) [200].")] = 200,
+    vary: Annotated[str, typer.Option(help="What to search: length or batch-size [length].")] = "length",
+    attention: Annotated[Optional[str], typer.Option(callback=options.parse_attention, help="Backend of attention models [sdpa].")] = None,
+    dtype: Annotated[Optional[str], typer.Option(callback=options.parse_dtypes, help="Arithmetic, one of float32, tf32, bf16, amp-bf16 [float32].")] = None,
+    profile: Annotated[Optional[str], typer.Option(callback=options.parse_profile, help="Dataset profile [each model's own].")] = None,
+    limit: Annotated[int, typer.Option(min=2, help="Largest value searched.")] = 65536,
+    predict: Annotated[bool, typer.Option(help="Predict from the tensor footprint on the CPU instead of measuring.")] = False,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="Also write the table as CSV here.")] = None,
+) -> None:
+    """Search the largest length (or batch) that fits in --memory-gib; on a GPU every probe is a real step."""
+    if vary not in VARY:
+        fail(f"unknown --vary {vary!r}; choose from {', '.join(VARY)}")
+    if mode == "both":
+        fail("--mode is train or infer for a memory search")
+    if dtype is not None and len(dtype) > 1:
+        fail("--dtype takes one value for a memory search")
+    device = resolve_device("auto")
+    predicting = predict or device == "cpu"
+    if predicting:
+        console.print(f"[bold yellow]Predicted[/] from the tensor footprint measured on the CPU plus "
+                      f"{CONTEXT_MIB:.0f} MiB of CUDA context, not measured"
+                      + (" (no CUDA GPU here)" if device == "cpu" else ""))
+    rows = []
+    for model in models or list(REGISTRY):
+        spec = get_spec(model)
+        fixed = batch_size if VARY[vary] == "seq_len" else length
+        query = model_query(model, attention[0] if attention else None, mode, profile, VARY[vary], fixed, memory_gib,
+                            dtype[0] if dtype else "float32")
+        top = limit_of(spec.max_len_limit, limit) if VARY[vary] == "seq_len" else limit
+        try:
+            if predicting:
+                best, info = predicted_limit(query, top)
+                parts, peak = info["parts"], None
+            else:
+                best, _, probes = measured_limit(query, max(spec.min_len, 16) if VARY[vary] == "seq_len" else 1, top)
+                fitting = [p for p in probes if p.fits and p.value == best]
+                record = fitting[0].record if fitting else {}
+                parts, peak = footprint_parts_of(record), record.get("nvml_peak_mib")
+        except (LimitError, ValueError) as exc:
+            fail(str(exc))
+        rows.append({
+            "model": model, "attention": query.attention, "mode": mode, "vary": vary,
+            "fixed": fixed, "memory_gib": memory_gib, "dtype": query.dtype,
+            "largest": best, "at_limit": best == top, "peak_nvml_mib": peak,
+            "dominant_part": dominant_part(parts) if parts else "", "predicted": predicting, "device": device,
+        })
+    frame = pd.DataFrame(rows)
+    what = "length" if VARY[vary] == "seq_len" else "batch size"
+    table = Table(title=f"largest {what} in {memory_gib:g} GiB ({mode}, "
+                        f"{'batch ' + str(batch_size) if what == 'length' else 'L=' + str(length)})"
+                        + (", predicted" if predicting else ""))
+    for column in ("model", f"largest {what}", "peak MiB (nvidia-smi)", "memory dominated by"):
+        table.add_column(column, justify="right" if column != "model" and "dominated" not in column else "left")
+    for row in rows:
+        largest = "none fits" if row["largest"] is None else f"{row['largest']:,}" + ("+" if row["at_limit"] else "")
+        peak = "-" if row["peak_nvml_mib"] is None else f"{row['peak_nvml_mib']:,.0f}"
+        table.add_row(row["model"], largest, peak, row["dominant_part"])
+    out.print(table)
+    if out_path is not None:
+        try:
+            atomic_write_text(out_path, frame.to_csv(index=False))
+        except OSError as exc:
+            fail(f"cannot write {out_path}: {exc.strerror or exc}")
+        console.print(f"table: {out_path}", soft_wrap=True)

@@ -1,0 +1,62 @@
+"""The memory search: doubling then bisection against a boundary, the CPU prediction, its errors."""
+import pytest
+from typer.testing import CliRunner
+
+from profiler.analysis.limits import LimitError, model_query, predicted_limit, search_largest
+from profiler.cli import app
+
+
+@pytest.mark.parametrize("boundary", [16, 17, 100, 777, 1024, 8191])
+def test_the_search_finds_the_boundary_exactly_in_few_probes(boundary):
+    probed = []
+
+    def fits(value: int) -> bool:
+        probed.append(value)
+        return value <= boundary
+
+    assert search_largest(fits, 16, 8192) == (boundary, boundary + 1)
+    assert len(probed) <= 2 * 9 + 4  # 9 = log2(8192 / 16) doublings, then a bisection of at most 12 steps
+    assert len(set(probed)) == len(probed)  # no length probed twice
+
+
+def test_the_search_reports_nothing_fits_and_stops_at_its_limit():
+    assert search_largest(lambda v: False, 16, 4096) == (None, 16)
+    assert search_largest(lambda v: True, 16, 5000) == (5000, None)
+
+
+def test_a_prediction_grows_with_the_budget_and_is_quadratic_for_materialised_attention():
+    small = predicted_limit(model_query("sasrec", "naive", "train", "tiny", "seq_len", 8, 1.5, "float32"), 65536)[0]
+    large = predicted_limit(model_query("sasrec", "naive", "train", "tiny", "seq_len", 8, 6.0, "float32"), 65536)[0]
+    linear = predicted_limit(model_query("convrec-light", None, "train", "tiny", "seq_len", 8, 1.5, "float32"), 65536)[0]
+    assert small < large < 3 * small  # four times the memory, about twice the length: quadratic
+    assert linear > 5 * small  # the linear model goes much further in the same budget
+
+
+def test_a_budget_below_the_context_is_refused():
+    with pytest.raises(LimitError, match="below the CUDA context"):
+        predicted_limit(model_query("sasrec", None, "train", "tiny", "seq_len", 8, 0.25, "float32"), 1024)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--memory-gib", "0.25", "--models", "sasrec", "--profile", "tiny"], "below the CUDA context"),
+    (["--memory-gib", "4", "--dtype", "fp8"], "unknown dtype 'fp8'"),
+    (["--memory-gib", "4", "--vary", "width"], "unknown --vary 'width'"),
+    (["--memory-gib", "4", "--mode", "both"], "train or infer"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    result = CliRunner().invoke(app, ["max-length", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_the_table_and_csv_name_the_largest_length_and_what_fills_memory(tmp_path):
+    out = tmp_path / "limits.csv"
+    result = CliRunner().invoke(app, ["max-length", "--memory-gib", "2", "--models", "sasrec,caser", "--profile", "tiny",
+                                      "--batch-size", "8", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Predicted" in result.output
+    import pandas as pd
+    table = pd.read_csv(out)
+    assert list(table["model"]) == ["sasrec", "caser"]
+    assert (table["largest"] > 16).all() and table["predicted"].all()
+    assert set(table["dominant_part"]) <= {"params", "grads", "optimizer state", "inputs", "activations"}
