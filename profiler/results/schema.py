@@ -113,11 +113,14 @@ COLUMNS = [
     "param_count", "trainable_param_count", "flops_per_step", "achieved_tflops",
     # bookkeeping
     "point_wall_s", "measured_wall_s", "worker_pid", "worker_cpu", "worker_fresh", "worker_start_s", "finished_at",
+    # the GPU that measured the point: its index on its host (as --gpus names it) and NVML's UUID
+    "gpu_index", "gpu_uuid",
     # raw samples, last because they are long
     "step_times_ms", "wall_times_ms",
 ]
 # Columns read as text whatever they hold (an empty error column would otherwise read as floats).
-TEXT_COLUMNS = {name: "string" for name in ("error", "nvml_source", "time_clock", "step_times_ms", "wall_times_ms")}
+TEXT_COLUMNS = {name: "string" for name in ("error", "nvml_source", "time_clock", "step_times_ms", "wall_times_ms",
+                                            "gpu_uuid")}
 # A file must have these to be read; later-added columns are optional and read as empty.
 REQUIRED_COLUMNS = KEY_COLUMNS + ["status", "error", "time_median_ms", "tensor_footprint_mib", "peak_allocated_mib"]
 

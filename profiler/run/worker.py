@@ -9,6 +9,7 @@ import gc
 import os
 import signal
 import traceback
+from dataclasses import dataclass
 
 import torch
 
@@ -19,6 +20,14 @@ from profiler.trackers.timing import MeasurementBudget
 from profiler.units import MIB
 
 PR_SET_PDEATHSIG = 1  # from linux/prctl.h
+
+
+@dataclass(frozen=True)
+class GpuAssignment:
+    """The one GPU a worker may see."""
+
+    index: int  # as rows record it: the GPU's index on its host (--gpus, or Ray's GPU id on its node)
+    visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES for the worker; None keeps the inherited one
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -78,33 +87,48 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def worker_main(conn, device: str, cpu: int | None = None, threads: int = 1) -> None:
+def worker_main(conn, device: str, cpu: int | None = None, threads: int = 1, gpu: GpuAssignment | None = None,
+                start_off: frozenset[int] = frozenset()) -> None:
     """Entry point of the worker process: receive (point, budget) dicts, send records, until None.
 
     ``cpu`` pins the process to one core. A training step of a small model is bound by the host
     launching kernels, and a launching thread that migrates between cores makes its times jitter.
+    Until its first point the worker keeps off ``cpu`` and the cores in ``start_off`` (those other
+    workers measure on). ``gpu``: the one GPU this worker sees; its records name it.
     """
     # Ctrl-C goes to the whole process group; the runner decides when to stop, and the point in
     # flight finishes so its measurement is kept.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
+    if gpu is not None and gpu.visible_devices is not None:
+        # Before CUDA initialises (torch reads it once, at the first CUDA call): device 0 is that GPU.
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu.visible_devices
     torch.set_num_threads(threads)
-    if cpu is not None and len(os.sched_getaffinity(0)) > 1:
-        # Started ahead of need: keep the import and CUDA start-up off the core a worker measures on.
-        os.sched_setaffinity(0, os.sched_getaffinity(0) - {cpu})
+    if cpu is not None:
+        # Started ahead of need: keep the import and CUDA start-up off the cores workers measure on.
+        starting_cores = os.sched_getaffinity(0) - {cpu} - set(start_off)
+        if starting_cores:
+            os.sched_setaffinity(0, starting_cores)
     nvml_reader, nvml_unavailable = None, None
+    gpu_columns = {} if gpu is None else {"gpu_index": gpu.index}
     try:
         if device == "cuda":
+            if torch.cuda.is_initialized():
+                raise RuntimeError("CUDA was initialised before the worker chose its GPU")
             torch.cuda.init()
             torch.zeros(1, device="cuda")  # create the context, so the NVML baseline includes it
             # Load cuDNN and create the cuBLAS handle now, host-side work that a worker started
             # ahead of need does while another measures, rather than inside its first point.
             torch.backends.cudnn.version()
             torch.cuda.current_blas_handle()
+            properties = torch.cuda.get_device_properties(torch.cuda.current_device())
+            # torch prints the UUID bare; NVML and nvidia-smi prefix it
+            gpu_columns.update(gpu_uuid=f"GPU-{properties.uuid}", device_name=properties.name)
             try:
                 from profiler.trackers.nvml import NvmlMemoryReader
 
-                nvml_reader = NvmlMemoryReader(torch.cuda.current_device())
+                nvml_reader = NvmlMemoryReader(uuid=gpu_columns["gpu_uuid"])
+                gpu_columns["gpu_uuid"] = nvml_reader.uuid
             except Exception as exc:  # noqa: BLE001 - NVML is optional; the rest is measured, the reason kept
                 nvml_unavailable = f"unavailable ({type(exc).__name__}: {exc})"
     except Exception as exc:  # noqa: BLE001 - a worker that cannot start says why
@@ -133,6 +157,7 @@ def worker_main(conn, device: str, cpu: int | None = None, threads: int = 1) -> 
             record["nvml_source"] = nvml_unavailable
         record["worker_cpu"] = cpu
         record["torch_threads"] = threads
+        record.update(gpu_columns)
         conn.send(record)
     if nvml_reader is not None:
         nvml_reader.close()

@@ -69,10 +69,19 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def visible_gpu_count() -> int:
+    """The CUDA GPUs this process may use (after CUDA_VISIBLE_DEVICES), without a CUDA context."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def cpu_name() -> str:
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
 def collect_environment(device: str) -> dict:
     env = {
         "device": device,
-        "device_name": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "device_name": cpu_name(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda or "none",
         "python": platform.python_version(),

@@ -11,16 +11,28 @@ MIB = 2**20
 
 
 class NvmlMemoryReader:
-    """Reads this process's device memory in MiB; ``source`` says what the number covers."""
+    """Reads this process's device memory in MiB; ``source`` says what the number covers.
 
-    def __init__(self, device_index: int = 0):
+    ``uuid`` picks the GPU: NVML numbers GPUs in PCI order and ignores CUDA_VISIBLE_DEVICES, so in a
+    process that sees one GPU of several, NVML's index 0 is not necessarily CUDA's device 0.
+    """
+
+    def __init__(self, device_index: int = 0, uuid: str | None = None):
         import pynvml
 
         self._nvml = pynvml
         pynvml.nvmlInit()
-        self._handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+        if uuid is not None:
+            self._handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
+        else:
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
         self._pid = os.getpid()
         self.source = "process" if self._process_bytes() is not None else "device"
+
+    @property
+    def uuid(self) -> str:
+        """The GPU's UUID as nvidia-smi shows it ('GPU-...')."""
+        return self._nvml.nvmlDeviceGetUUID(self._handle)
 
     def _process_bytes(self) -> int | None:
         for proc in self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle):
