@@ -9,6 +9,7 @@ import torch
 from models.profiles import get_profile
 from models.registry import REGISTRY
 from profiler.results.store import ResultsStore
+from profiler.run.lanes import LaneRunner, gpu_assignment
 from profiler.run.plan import plan_points
 from profiler.run.runner import RunnerOptions, SweepRunner
 from profiler.trackers.timing import MeasurementBudget
@@ -91,3 +92,45 @@ def test_naive_and_sdpa_agree_on_cuda(name):
             outputs[backend] = (model(batch), model.predict(batch))
     for a, b in zip(outputs["naive"], outputs["sdpa"]):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+
+
+def test_rows_name_the_gpu_and_nvml_reads_this_process_on_it(tmp_path):
+    row = measure(tmp_path, cuda_points("sasrec", [200]))[0]
+    assert row["gpu_index"] == 0 and row["gpu_uuid"].startswith("GPU-")
+    assert row["nvml_source"] == "process"
+
+
+@needs_two_gpus
+def test_a_point_measures_the_same_on_either_gpu_of_the_host(tmp_path):
+    points = cuda_points("sasrec", [200, 500]) + cuda_points("convrec-light", [500], mode="infer")
+    rows = {}
+    for index in (0, 1):
+        store = ResultsStore.create(tmp_path / f"gpu{index}.csv")
+        with store:
+            rows[index] = SweepRunner(store, RunnerOptions(budget=BUDGET), gpu=gpu_assignment(index)).run(points)
+    for a, b in zip(rows[0], rows[1]):
+        assert a["status"] == b["status"] == "ok"
+        assert (a["gpu_index"], b["gpu_index"]) == (0, 1) and a["gpu_uuid"] != b["gpu_uuid"]
+        # NVML found each worker's own process on its own GPU
+        assert a["nvml_source"] == b["nvml_source"] == "process"
+        assert a["peak_allocated_mib"] == b["peak_allocated_mib"]
+        assert a["nvml_peak_mib"] == pytest.approx(b["nvml_peak_mib"], rel=0.02)
+        assert a["time_median_ms"] == pytest.approx(b["time_median_ms"], rel=0.03)
+
+
+@needs_two_gpus
+def test_two_lanes_measure_what_one_gpu_measures(tmp_path):
+    points = [p for model in ("sasrec", "convrec-light", "lrurec", "fmlp-rec") for p in cuda_points(model, [200, 500])]
+    one = {(r["model"], r["seq_len"]): r for r in measure(tmp_path, points, name="one.csv")}
+    store = ResultsStore.create(tmp_path / "two.csv")
+    with store:
+        two = LaneRunner(store, RunnerOptions(budget=BUDGET), [gpu_assignment(0), gpu_assignment(1)]).run(points)
+    assert {r["gpu_index"] for r in two} == {0, 1}
+    for row in two:
+        alone = one[row["model"], row["seq_len"]]
+        assert row["status"] == alone["status"] == "ok"
+        assert row["peak_allocated_mib"] == alone["peak_allocated_mib"]
+        assert row["time_median_ms"] == pytest.approx(alone["time_median_ms"], rel=0.03)

@@ -10,6 +10,7 @@ from models.profiles import PROFILES
 from models.registry import REGISTRY
 from profiler.results.schema import MODES
 from profiler.run.precision import DTYPES
+from profiler.trackers.environment import visible_gpu_count
 
 DEVICES = ("auto", "cuda", "cpu")
 MODE_CHOICES = ("train", "infer", "both")
@@ -67,6 +68,26 @@ def parse_attention(value: str | None) -> list[str] | None:
 
 def parse_dtypes(value: str | None) -> list[str] | None:
     return _choice_list(value, DTYPES, "dtype")
+
+
+def parse_gpus(value: str | None) -> list[int] | None:
+    """'0,1' -> [0, 1]: indices of GPUs this process sees, no repeats."""
+    if value is None:
+        return None
+    visible = visible_gpu_count()
+    gpus = []
+    for item in _items(value, "GPU indices (e.g. 0,1)"):
+        try:
+            index = int(item)
+        except ValueError:
+            raise typer.BadParameter(f"{item!r} in {value!r} is not an integer GPU index") from None
+        if index < 0:
+            raise typer.BadParameter(f"GPU indices start at 0; got {index}")
+        if index >= visible:
+            seen = f"GPUs 0..{visible - 1}" if visible else "no CUDA GPU"
+            raise typer.BadParameter(f"GPU {index} is not visible: this machine shows {seen}")
+        gpus.append(index)
+    return gpus
 
 
 def parse_profile(value: str | None) -> str | None:

@@ -40,6 +40,7 @@ def sweep(
     fresh_worker_per_point: Annotated[bool, typer.Option(help="A new worker process for every point (default: one per model variant).")] = False,
     pin_cpu: Annotated[bool, typer.Option(help="On CUDA, pin the worker to one CPU core: steadier times for launch-bound steps.")] = True,
     plot: Annotated[bool, typer.Option(help="At the end, draw memory and time vs length into plots/.")] = True,
+    gpus: Annotated[Optional[str], typer.Option(callback=options.parse_gpus, help="GPUs of this host to spread the points over, one worker each, e.g. 0,1; a model variant stays on one GPU [every visible GPU; an error on the CPU].")] = None,
 ) -> None:
     """Measure memory and time per step over a grid of models and lengths."""
     try:
@@ -90,6 +91,7 @@ def sweep(
         dtypes=dtype or ["float32"],
         threads=threads or defaults.threads,
         argv=sys.argv[1:],
+        gpus=gpus,
     )
     store, rows, interrupted, elapsed = measure_with_progress(
         request,

@@ -4,6 +4,10 @@ Points of one model variant share a worker (a fresh process with its own CUDA co
 point ends in anything but ``ok``; then the worker is retired and the next point gets a fresh one.
 After an OOM, the longer lengths of that series are recorded as skipped. A stop request (Ctrl-C)
 takes effect between points, so the point in flight is kept.
+
+A ``Lane`` holds that rule for one device; ``SweepRunner`` drives one lane in order (the CPU, one
+GPU). ``lanes.py`` drives one lane per GPU of the host, ``ray_backend.py`` lanes in Ray tasks; in
+every case the runner in the main process is the one writer of the results.
 """
 import datetime
 import multiprocessing
@@ -11,13 +15,13 @@ import os
 import signal
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from models.profiles import get_profile
 from models.registry import get_spec
 from profiler.results.schema import PointSpec, SeriesKey, oom_note
 from profiler.results.store import ResultsStore
-from profiler.run.worker import worker_main
+from profiler.run.worker import GpuAssignment, worker_main
 from profiler.trackers.timing import MeasurementBudget
 
 
@@ -45,11 +49,13 @@ WORKER_START_TIMEOUT_S = 300.0
 class Worker:
     """One worker process and the pipe to it."""
 
-    def __init__(self, device: str, cpu: int | None = None, threads: int = 1):
+    def __init__(self, device: str, cpu: int | None = None, threads: int = 1, gpu: GpuAssignment | None = None,
+                 start_off: frozenset[int] = frozenset()):
         ctx = multiprocessing.get_context("spawn")  # fork would copy the parent's CUDA state
         self.device = device
         self._conn, child_conn = ctx.Pipe()
-        self.process = ctx.Process(target=worker_main, args=(child_conn, device, cpu, threads), daemon=True)
+        self.process = ctx.Process(target=worker_main, args=(child_conn, device, cpu, threads, gpu, start_off),
+                                   daemon=True)
         self._spawned_at = time.perf_counter()
         self.process.start()
         child_conn.close()
@@ -120,61 +126,107 @@ class SweepEvents:
     on_result: Callable[[int, int, PointSpec, dict], None] = lambda index, total, point, row: None
 
 
-class SweepRunner:
-    def __init__(
-        self, store: ResultsStore, options: RunnerOptions, events: SweepEvents | None = None, device_name: str = ""
-    ):
-        self.store = store
-        self.device_name = device_name
+def worker_group(point: PointSpec) -> tuple:
+    """The points that may share a worker: one model variant (all its modes, dtypes and lengths)."""
+    return point.model, point.attention, point.profile, point.device
+
+
+def measuring_cpu(slot: int = 0) -> int | None:
+    """The core the worker of GPU slot ``slot`` measures on: the last cores this process may use, one
+    per slot from the top (core 0 tends to serve interrupts); None when there are too few."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    return cores[-1 - slot] if slot < len(cores) else None
+
+
+def point_row(point: PointSpec, record: dict, wall_s: float, device_name: str) -> dict:
+    """The results row of ``point`` from its worker's record (which may name the device itself)."""
+    spec = get_spec(point.model)
+    profile = get_profile(point.profile)
+    row = point.as_dict()
+    row.update(
+        family=spec.family,
+        device_name=device_name,
+        num_items=profile.num_items,
+        item_feature_dim=profile.item_feature_dim,
+        point_wall_s=wall_s,
+        finished_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    row.update({k: v for k, v in record.items() if k != "traceback"})
+    return row
+
+
+def skipped_after_oom(point: PointSpec, oom_at: dict[SeriesKey, int]) -> str | None:
+    """Why ``point`` is not measured: a shorter length of its series ran out of memory."""
+    length = oom_at.get(point.series)
+    return oom_note(length) if length is not None and point.seq_len > length else None
+
+
+@dataclass(frozen=True)
+class PointStarted:
+    point: PointSpec
+
+
+@dataclass(frozen=True)
+class PointFinished:
+    point: PointSpec
+    row: dict
+
+
+class Lane:
+    """Measures points on one device, one worker process at a time: the rule of a series, shared by
+    every way of running a sweep (in order here, on several GPUs, on a Ray cluster).
+
+    Points of one model variant share a worker until one ends in anything but ``ok``; after an OOM
+    the longer lengths of that series are skipped. ``slot`` numbers this lane among the ``slots``
+    lanes of the host, which measure on different cores.
+    """
+
+    def __init__(self, options: RunnerOptions, device_name: str = "", gpu: GpuAssignment | None = None,
+                 slot: int = 0, slots: int = 1, spare: bool = True):
         self.options = options
-        self.events = events or SweepEvents()
-        self.stop_requested = False
+        self.device_name = device_name
+        self.gpu = gpu
+        self.slot = slot
+        self.slots = slots
+        self.use_spare = spare
         self._worker: Worker | None = None
         self._worker_group: tuple | None = None
         self._spare: Worker | None = None  # the next worker, started while the current one measures
 
-    def request_stop(self) -> None:
-        self.stop_requested = True
+    def measure(self, points: list[PointSpec], oom_at: dict[SeriesKey, int],
+                stopped: Callable[[], bool] = lambda: False) -> Iterator[PointStarted | PointFinished]:
+        """Measures ``points`` in order, announcing each as it starts and ends; stops between points
+        once ``stopped()``. ``oom_at``: the shortest length that ran out of memory, by series."""
+        oom_at = dict(oom_at)
+        for point in points:
+            if stopped():
+                return
+            yield PointStarted(point)
+            reason = skipped_after_oom(point, oom_at)
+            if reason is not None:
+                row = point_row(point, {"status": "skipped", "error": reason}, 0.0, self.device_name)
+            else:
+                row = self._measure(point)
+                if row["status"] == "oom":
+                    oom_at[point.series] = min(point.seq_len, oom_at.get(point.series, point.seq_len))
+            yield PointFinished(point, row)
 
-    def pending(self, points: list[PointSpec]) -> list[PointSpec]:
-        done = self.store.measured_keys()
-        return [p for p in points if p.key not in done]
+    def close(self) -> None:
+        self._retire_worker()
+        if self._spare is not None:
+            self._spare.close()
+            self._spare = None
 
-    def run(self, points: list[PointSpec]) -> list[dict]:
-        """Measures ``points`` in order; returns the rows written. Stops early on request."""
-        oom_at = self._stored_oom_lengths()
-        rows = []
-        try:
-            for index, point in enumerate(points):
-                if self.stop_requested:
-                    break
-                self.events.on_start(index, len(points), point)
-                if point.series in oom_at and point.seq_len > oom_at[point.series]:
-                    row = self._row(point, {"status": "skipped", "error": oom_note(oom_at[point.series])}, 0.0)
-                else:
-                    row = self._measure(point)
-                    if row["status"] == "oom":
-                        oom_at[point.series] = min(point.seq_len, oom_at.get(point.series, point.seq_len))
-                self.store.append(row)
-                rows.append(row)
-                self.events.on_result(index, len(points), point, row)
-        finally:
-            self._retire_worker()
-            if self._spare is not None:
-                self._spare.close()
-                self._spare = None
-        return rows
-
-    def _stored_oom_lengths(self) -> dict[SeriesKey, int]:
-        oom_at: dict[SeriesKey, int] = {}
-        frame = self.store.frame
-        for row in frame[frame["status"] == "oom"].itertuples(index=False):
-            series = SeriesKey.of(row)
-            oom_at[series] = min(int(row.seq_len), oom_at.get(series, int(row.seq_len)))
-        return oom_at
+    def abort(self) -> None:
+        """Kills this lane's workers now, from any thread: the point in flight ends as an error."""
+        for worker in (self._worker, self._spare):
+            if worker is not None:
+                worker.kill()
 
     def _measure(self, point: PointSpec) -> dict:
-        group = (point.model, point.attention, point.profile, point.device)
+        group = worker_group(point)
         if self._worker is None or group != self._worker_group or self.options.fresh_worker_per_point:
             self._retire_worker()
             self._worker, self._worker_group = self._take_worker(point.device), group
@@ -190,20 +242,20 @@ class SweepRunner:
             record["worker_start_s"] = worker.start_s
         if record["status"] != "ok":
             self._retire_worker()  # a fresh process for whatever comes next
-        return self._row(point, record, time.perf_counter() - started)
+        return point_row(point, record, time.perf_counter() - started, self.device_name)
 
-    def _worker_cpu(self, device: str) -> int | None:
-        """The last core this process may use (core 0 tends to serve interrupts), on CUDA only:
-        on the CPU the step itself needs every core."""
-        if device != "cuda" or not self.options.pin_cpu or not hasattr(os, "sched_getaffinity"):
-            return None
-        return max(os.sched_getaffinity(0))
+    def _new_worker(self, device: str) -> Worker:
+        """On CUDA the worker is pinned to its lane's core; on the CPU the step needs every core."""
+        if device != "cuda" or not self.options.pin_cpu:
+            return Worker(device, None, self.options.threads, self.gpu)
+        start_off = frozenset(cpu for cpu in map(measuring_cpu, range(self.slots)) if cpu is not None)
+        return Worker(device, measuring_cpu(self.slot), self.options.threads, self.gpu, start_off)
 
     def _take_worker(self, device: str) -> Worker:
         """A started worker for ``device``: the spare if there is one, and a new spare behind it.
 
         On CUDA, starting a worker (imports, CUDA context) takes seconds; the spare does it while
-        the current worker measures, on the other cores (the worker keeps off the measuring core
+        the current worker measures, on the other cores (the worker keeps off the measuring cores
         until its first point), so it leaves the sweep's critical path. On the CPU the step needs
         every core, so workers start when they are needed.
         """
@@ -211,8 +263,8 @@ class SweepRunner:
         if worker is None or not worker.process.is_alive():
             if self._spare is not None:
                 self._spare.kill()
-            worker = Worker(device, self._worker_cpu(device), self.options.threads)
-        self._spare = Worker(device, self._worker_cpu(device), self.options.threads) if device == "cuda" else None
+            worker = self._new_worker(device)
+        self._spare = self._new_worker(device) if device == "cuda" and self.use_spare else None
         return worker
 
     def _retire_worker(self) -> None:
@@ -220,17 +272,52 @@ class SweepRunner:
             self._worker.close()
         self._worker, self._worker_group = None, None
 
-    def _row(self, point: PointSpec, record: dict, wall_s: float) -> dict:
-        spec = get_spec(point.model)
-        profile = get_profile(point.profile)
-        row = point.as_dict()
-        row.update(
-            family=spec.family,
-            device_name=self.device_name,
-            num_items=profile.num_items,
-            item_feature_dim=profile.item_feature_dim,
-            point_wall_s=wall_s,
-            finished_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        )
-        row.update({k: v for k, v in record.items() if k != "traceback"})
-        return row
+
+class SweepRunner:
+    """Runs a sweep's points in order on one device (the CPU, or one GPU) and stores each row."""
+
+    def __init__(
+        self, store: ResultsStore, options: RunnerOptions, events: SweepEvents | None = None, device_name: str = "",
+        gpu: GpuAssignment | None = None,
+    ):
+        self.store = store
+        self.device_name = device_name
+        self.options = options
+        self.events = events or SweepEvents()
+        self.stop_requested = False
+        self.gpu = gpu
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+    def pending(self, points: list[PointSpec]) -> list[PointSpec]:
+        done = self.store.measured_keys()
+        return [p for p in points if p.key not in done]
+
+    def run(self, points: list[PointSpec]) -> list[dict]:
+        """Measures ``points`` in order; returns the rows written. Stops early on request."""
+        lane = Lane(self.options, self.device_name, self.gpu)
+        rows = []
+        try:
+            for event in lane.measure(points, self._stored_oom_lengths(), lambda: self.stop_requested):
+                if isinstance(event, PointStarted):
+                    self.events.on_start(len(rows), len(points), event.point)
+                else:
+                    self._keep(event, rows, len(points))
+        finally:
+            lane.close()
+        return rows
+
+    def _keep(self, event: PointFinished, rows: list[dict], total: int) -> None:
+        """Stores a finished point's row: the one place a sweep writes results."""
+        self.store.append(event.row)
+        rows.append(event.row)
+        self.events.on_result(len(rows) - 1, total, event.point, event.row)
+
+    def _stored_oom_lengths(self) -> dict[SeriesKey, int]:
+        oom_at: dict[SeriesKey, int] = {}
+        frame = self.store.frame
+        for row in frame[frame["status"] == "oom"].itertuples(index=False):
+            series = SeriesKey.of(row)
+            oom_at[series] = min(int(row.seq_len), oom_at.get(series, int(row.seq_len)))
+        return oom_at

@@ -9,9 +9,10 @@ from models.registry import REGISTRY, get_spec
 from profiler.results.files import timestamped_path
 from profiler.results.schema import PointSpec
 from profiler.results.store import ResultsStore
+from profiler.run.lanes import LaneRunner, gpu_assignment
 from profiler.run.plan import plan_points
 from profiler.run.runner import RunnerOptions, SweepEvents, SweepRunner
-from profiler.trackers.environment import collect_environment
+from profiler.trackers.environment import collect_environment, visible_gpu_count
 from profiler.trackers.timing import MeasurementBudget
 
 RESULTS_DIR = Path("results")
@@ -77,9 +78,12 @@ class SweepRequest:
     dtypes: list[str] = field(default_factory=lambda: ["float32"])
     threads: int = 1
     argv: list[str] = field(default_factory=list)
+    gpus: list[int] | None = None  # GPUs of this host to spread the points over; None: every visible one
 
     def validate(self) -> None:
         """Raises ValueError with one line for a combination no point of which could run."""
+        if self.gpus is not None and self.device != "cuda":
+            raise ValueError("--gpus needs a CUDA sweep; this sweep runs on the CPU")
         if self.profile is not None:
             get_profile(self.profile)
         for model in self.models:
@@ -108,19 +112,30 @@ def open_store(request: SweepRequest) -> ResultsStore:
     return ResultsStore.resume(request.out) if request.resume else ResultsStore.create(request.out)
 
 
+def sweep_gpus(request: SweepRequest) -> list[int]:
+    """The GPUs of this host a local CUDA sweep measures on: those asked for, else every visible one."""
+    if request.device != "cuda":
+        return []
+    return list(request.gpus) if request.gpus is not None else list(range(visible_gpu_count()))
+
+
+def make_runner(request: SweepRequest, store: ResultsStore, events: SweepEvents, device_name: str) -> SweepRunner:
+    """In order on the CPU or one GPU; a lane per GPU on several."""
+    options = RunnerOptions(request.budget, request.point_timeout_s, request.fresh_worker_per_point, request.pin_cpu,
+                            request.threads)
+    gpus = [gpu_assignment(index) for index in sweep_gpus(request)]
+    if len(gpus) > 1:
+        return LaneRunner(store, options, gpus, events, device_name)
+    return SweepRunner(store, options, events, device_name, gpu=gpus[0] if gpus else None)
+
+
 def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -> tuple[list[dict], bool]:
     """Runs the pending points of the request into ``store`` (held locked by the caller).
 
     Returns the rows written and whether the sweep was stopped early by Ctrl-C.
     """
     environment = collect_environment(request.device)
-    runner = SweepRunner(
-        store,
-        RunnerOptions(request.budget, request.point_timeout_s, request.fresh_worker_per_point, request.pin_cpu,
-                      request.threads),
-        events,
-        device_name=environment["device_name"],
-    )
+    runner = make_runner(request, store, events, environment["device_name"])
     points = runner.pending(request.plan())
     store.start_run(
         {
@@ -138,6 +153,7 @@ def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -
             "budget": request.budget.__dict__,
             "points_planned": len(points),
             "started": environment["timestamp"],
+            "gpus": sweep_gpus(request),
         }
     )
 

@@ -1,0 +1,116 @@
+"""A sweep over several GPUs of one host: one lane per GPU, the results written by the main thread.
+
+Each lane is a thread that drives its own workers, each worker seeing only the lane's GPU. Model
+variants are handed out whole, in plan order, to whichever lane is free, and a lane measures a
+variant's points in ascending length, so a variant's worker reuse and its series' OOM skips are
+those of a sequential sweep. Lanes send their rows to the main thread, which alone appends them to
+the store and fires the events.
+"""
+import os
+import queue
+import threading
+
+from profiler.results.schema import PointSpec
+from profiler.results.store import ResultsStore
+from profiler.run.runner import Lane, PointStarted, RunnerOptions, SweepEvents, SweepRunner, worker_group
+from profiler.run.worker import GpuAssignment
+
+
+def gpu_assignment(index: int, inherited: str | None = None) -> GpuAssignment:
+    """GPU ``index`` of this process (its CUDA ordinal) as a worker's only device.
+
+    Where this process itself sees a subset (CUDA_VISIBLE_DEVICES, ``inherited``), the worker gets
+    that entry of it (an ordinal, a UUID or a MIG name), so it sees the GPU this process calls ``index``.
+    """
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES") if inherited is None else inherited
+    entries = [entry.strip() for entry in inherited.split(",")] if inherited else []
+    if entries and index >= len(entries):
+        raise ValueError(f"GPU {index} is not among the {len(entries)} in CUDA_VISIBLE_DEVICES={inherited}")
+    return GpuAssignment(index, entries[index] if entries else str(index))
+
+
+def split_variants(points: list[PointSpec]) -> list[list[PointSpec]]:
+    """The points of each model variant, in plan order (a variant's points need not be adjacent)."""
+    variants: dict[tuple, list[PointSpec]] = {}
+    for point in points:
+        variants.setdefault(worker_group(point), []).append(point)
+    return list(variants.values())
+
+
+class _LaneDone:
+    pass
+
+
+class LaneRunner(SweepRunner):
+    """Runs a sweep's points on the GPUs ``gpus`` of this host, one lane each.
+
+    On CUDA a lane's workers see only its GPU. On the CPU the lanes share the cores and a row's
+    ``gpu_index`` names its lane: the way tests check the scheduling without GPUs.
+    """
+
+    def __init__(self, store: ResultsStore, options: RunnerOptions, gpus: list[GpuAssignment],
+                 events: SweepEvents | None = None, device_name: str = ""):
+        super().__init__(store, options, events, device_name)
+        self.gpus = gpus
+        self._lanes: list[Lane] = []
+
+    def run(self, points: list[PointSpec]) -> list[dict]:
+        """Measures ``points`` over the lanes; returns the rows written, in the order they finished."""
+        oom_at = self._stored_oom_lengths()
+        work: queue.SimpleQueue = queue.SimpleQueue()
+        for variant in split_variants(points):
+            work.put(variant)
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        self._lanes = [Lane(self.options, self.device_name, gpu, slot, len(self.gpus))
+                       for slot, gpu in enumerate(self.gpus)]
+
+        def drive(lane: Lane) -> None:
+            # A lane's workers are started and closed by its own thread: Linux's parent-death signal,
+            # which ends a worker whose runner died, follows the thread that started the process.
+            try:
+                while not self.stop_requested:
+                    try:
+                        variant = work.get_nowait()
+                    except queue.Empty:
+                        break
+                    for event in lane.measure(variant, oom_at, lambda: self.stop_requested):
+                        events.put(event)
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+                events.put(exc)
+            finally:
+                lane.close()
+                events.put(_LaneDone())
+
+        threads = [threading.Thread(target=drive, args=(lane,), name=f"lane-gpu{gpu.index}", daemon=True)
+                   for lane, gpu in zip(self._lanes, self.gpus)]
+        for thread in threads:
+            thread.start()
+        rows: list[dict] = []
+        started, running, failure = 0, len(threads), None
+        try:
+            while running:
+                try:
+                    # A timeout, so that Ctrl-C's handler runs promptly in this thread.
+                    event = events.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if isinstance(event, _LaneDone):
+                    running -= 1
+                elif isinstance(event, BaseException):
+                    self.stop_requested, failure = True, failure or event
+                elif isinstance(event, PointStarted):
+                    self.events.on_start(started, len(points), event.point)
+                    started += 1
+                else:
+                    self._keep(event, rows, len(points))
+        except BaseException:
+            self.stop_requested = True
+            for lane in self._lanes:
+                lane.abort()
+            raise
+        finally:
+            for thread in threads:
+                thread.join()
+        if failure is not None:
+            raise failure
+        return rows
