@@ -10,6 +10,7 @@ from models.profiles import PROFILES
 from models.registry import REGISTRY
 from profiler.results.schema import MODES
 from profiler.run.precision import DTYPES
+from profiler.run.sweep import BACKENDS
 from profiler.trackers.environment import visible_gpu_count
 
 DEVICES = ("auto", "cuda", "cpu")
@@ -88,6 +89,10 @@ def parse_gpus(value: str | None) -> list[int] | None:
             raise typer.BadParameter(f"GPU {index} is not visible: this machine shows {seen}")
         gpus.append(index)
     return gpus
+
+
+def parse_backend(value: str | None) -> str | None:
+    return _choice(value, BACKENDS, "backend")
 
 
 def parse_profile(value: str | None) -> str | None:

@@ -13,8 +13,9 @@ from profiler.cli.common import PLOTS_DIR, console, draw_figures, fail, out
 from profiler.present.display import SweepProgress, summary_table
 from profiler.results.store import ResultsFileError, ResultsStore, recorded_run
 from profiler.run.runner import SweepEvents
-from profiler.run.sweep import SweepRequest, default_results_path, defaults_for, open_store, run_sweep
-from profiler.trackers.environment import resolve_device
+from profiler.run.sweep import (
+    SweepRequest, default_results_path, defaults_for, open_store, resolve_sweep_device, run_sweep,
+)
 
 
 def sweep(
@@ -41,10 +42,11 @@ def sweep(
     pin_cpu: Annotated[bool, typer.Option(help="On CUDA, pin the worker to one CPU core: steadier times for launch-bound steps.")] = True,
     plot: Annotated[bool, typer.Option(help="At the end, draw memory and time vs length into plots/.")] = True,
     gpus: Annotated[Optional[str], typer.Option(callback=options.parse_gpus, help="GPUs of this host to spread the points over, one worker each, e.g. 0,1; a model variant stays on one GPU [every visible GPU; an error on the CPU].")] = None,
+    backend: Annotated[str, typer.Option(callback=options.parse_backend, help="local (this host) or ray (a task per model variant on the Ray cluster in RAY_ADDRESS, else a local one; needs the ray extra).")] = "local",
 ) -> None:
     """Measure memory and time per step over a grid of models and lengths."""
     try:
-        resolved_device = resolve_device(device)
+        resolved_device = resolve_sweep_device(device, backend)
     except ValueError as exc:
         fail(str(exc))
     defaults = defaults_for(resolved_device)
@@ -92,6 +94,7 @@ def sweep(
         threads=threads or defaults.threads,
         argv=sys.argv[1:],
         gpus=gpus,
+        backend=backend,
     )
     store, rows, interrupted, elapsed = measure_with_progress(
         request,

@@ -2,7 +2,8 @@
 
 With ``SEQPROF_INJECT_FAULT="<point label>=<fault>"`` in a worker's environment, the worker measures
 through ``with_injected_faults``, which fails at that one point: oom, error, exit, segfault or hang.
-Without it the worker measures directly and nothing here runs.
+Without it the worker measures directly and nothing here runs. ``exit-task`` is a fault of the
+process that drives the worker instead (a Ray task), which exits as that point starts.
 """
 import functools
 import os
@@ -11,6 +12,13 @@ import signal
 import torch
 
 FAULT_ENV = "SEQPROF_INJECT_FAULT"
+TASK_FAULTS = ("exit-task",)
+
+
+def injected_fault(label: str) -> str | None:
+    """The fault ``SEQPROF_INJECT_FAULT`` asks for at the point labelled ``label``, if any."""
+    target, _, fault = os.environ.get(FAULT_ENV, "").rpartition("=")
+    return fault if target == label else None
 
 
 def inject_fault(label: str, fault: str) -> None:
@@ -29,12 +37,12 @@ def inject_fault(label: str, fault: str) -> None:
 
 def with_injected_faults(measure):
     """``measure`` that first fails as ``SEQPROF_INJECT_FAULT`` asks, at the point it names."""
-    label, _, fault = os.environ.get(FAULT_ENV, "").rpartition("=")
 
     @functools.wraps(measure)
     def measure_with_faults(point, *args, **kwargs):
-        if point.label == label:
-            inject_fault(label, fault)
+        fault = injected_fault(point.label)
+        if fault is not None and fault not in TASK_FAULTS:
+            inject_fault(point.label, fault)
         return measure(point, *args, **kwargs)
 
     return measure_with_faults

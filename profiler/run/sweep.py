@@ -12,10 +12,28 @@ from profiler.results.store import ResultsStore
 from profiler.run.lanes import LaneRunner, gpu_assignment
 from profiler.run.plan import plan_points
 from profiler.run.runner import RunnerOptions, SweepEvents, SweepRunner
-from profiler.trackers.environment import collect_environment, visible_gpu_count
+from profiler.trackers.environment import collect_environment, resolve_device, visible_gpu_count
 from profiler.trackers.timing import MeasurementBudget
 
 RESULTS_DIR = Path("results")
+BACKENDS = ("local", "ray")
+RAY_MISSING = 'the ray backend needs Ray, an optional extra: pip install -e ".[ray]" (or pip install "ray>=2.9")'
+
+
+def ray_backend():
+    """The Ray backend module; without Ray installed, a one-line error."""
+    try:
+        from profiler.run import ray_backend
+    except ModuleNotFoundError as exc:
+        if exc.name != "ray":
+            raise
+        raise ValueError(RAY_MISSING) from None
+    return ray_backend
+
+
+def resolve_sweep_device(requested: str, backend: str = "local") -> str:
+    """'auto', 'cuda' or 'cpu' as this host has it, or on a Ray cluster, as the cluster has it."""
+    return ray_backend().cluster_device(requested) if backend == "ray" else resolve_device(requested)
 
 
 @dataclass(frozen=True)
@@ -79,10 +97,17 @@ class SweepRequest:
     threads: int = 1
     argv: list[str] = field(default_factory=list)
     gpus: list[int] | None = None  # GPUs of this host to spread the points over; None: every visible one
+    backend: str = "local"
 
     def validate(self) -> None:
         """Raises ValueError with one line for a combination no point of which could run."""
-        if self.gpus is not None and self.device != "cuda":
+        if self.backend not in BACKENDS:
+            raise ValueError(f"Unknown backend {self.backend!r}; choose from {list(BACKENDS)}")
+        if self.backend == "ray":
+            ray_backend()
+            if self.gpus is not None:
+                raise ValueError("--gpus picks GPUs of this host; with --backend ray the cluster gives each task its GPU")
+        elif self.gpus is not None and self.device != "cuda":
             raise ValueError("--gpus needs a CUDA sweep; this sweep runs on the CPU")
         if self.profile is not None:
             get_profile(self.profile)
@@ -114,15 +139,17 @@ def open_store(request: SweepRequest) -> ResultsStore:
 
 def sweep_gpus(request: SweepRequest) -> list[int]:
     """The GPUs of this host a local CUDA sweep measures on: those asked for, else every visible one."""
-    if request.device != "cuda":
+    if request.device != "cuda" or request.backend != "local":
         return []
     return list(request.gpus) if request.gpus is not None else list(range(visible_gpu_count()))
 
 
 def make_runner(request: SweepRequest, store: ResultsStore, events: SweepEvents, device_name: str) -> SweepRunner:
-    """In order on the CPU or one GPU; a lane per GPU on several."""
+    """In order on the CPU or one GPU; a lane per GPU on several; Ray tasks with --backend ray."""
     options = RunnerOptions(request.budget, request.point_timeout_s, request.fresh_worker_per_point, request.pin_cpu,
                             request.threads)
+    if request.backend == "ray":
+        return ray_backend().RayRunner(store, options, events, device_name)
     gpus = [gpu_assignment(index) for index in sweep_gpus(request)]
     if len(gpus) > 1:
         return LaneRunner(store, options, gpus, events, device_name)
@@ -137,6 +164,9 @@ def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -
     environment = collect_environment(request.device)
     runner = make_runner(request, store, events, environment["device_name"])
     points = runner.pending(request.plan())
+    placement = {"backend": request.backend, "gpus": sweep_gpus(request)}
+    if request.backend == "ray":
+        placement["cluster"] = ray_backend().cluster_facts()
     store.start_run(
         {
             "environment": environment,
@@ -153,7 +183,7 @@ def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -
             "budget": request.budget.__dict__,
             "points_planned": len(points),
             "started": environment["timestamp"],
-            "gpus": sweep_gpus(request),
+            **placement,
         }
     )
 
