@@ -93,7 +93,7 @@ def test_growth_verdict_ignores_missing_values_and_needs_two_lengths():
 
 # --- uncertainty and flags ------------------------------------------------------------------
 
-KEY = SeriesKey("m", "none", "beauty", "train", 8, "cuda", "float32")
+KEY = SeriesKey("m", "none", "beauty", "train", 8, "cuda", "float32", "eager")
 
 
 def _samples(means, spread, rng, reps=20):

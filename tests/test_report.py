@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from profiler.analysis.table import analyse
 from profiler.cli import app, main
-from profiler.present.report import build_report, markdown_report, to_markdown, verdict_table
+from profiler.present.report import breakdown_table, build_report, markdown_report, to_markdown, verdict_table
 from profiler.reproduce.compare import comparison_tables, select_rows
 from profiler.reproduce.figure import reproduce_figure
 from profiler.reproduce.setups import SETUPS, sweep_request
@@ -214,3 +214,12 @@ def test_sweep_request_follows_the_paper_on_a_gpu_and_shrinks_on_the_cpu(tmp_pat
     small = sweep_request(SETUPS["lightconv"], "cpu", tmp_path / "r.csv", budget, batch_size=2, lengths=[16, 8], profile="tiny")
     assert (small.lengths, small.batch_size, small.profile) == ([8, 16], 2, "tiny")
     small.validate()
+
+
+def test_the_breakdown_names_each_part_of_the_footprint_and_the_largest():
+    frame = read_results("results/h200-default-run2.csv")
+    table = breakdown_table(analyse(frame, n_boot=0), "train")
+    rows = {row[0]: row for row in table.rows}
+    assert rows["caser"][-1].startswith("optimizer") and rows["sasrec[naive]"][-1].startswith("activations")
+    total = sum(float(v.replace(",", "")) for v in rows["sasrec[sdpa]"][3:8])
+    assert abs(total - float(rows["sasrec[sdpa]"][8].replace(",", ""))) < 0.5

@@ -10,6 +10,7 @@ from models.profiles import PROFILES
 from models.registry import REGISTRY
 from profiler.results.schema import MODES
 from profiler.run.precision import DTYPES
+from profiler.run.workload import EXECUTIONS
 
 DEVICES = ("auto", "cuda", "cpu")
 MODE_CHOICES = ("train", "infer", "both")
@@ -67,6 +68,10 @@ def parse_attention(value: str | None) -> list[str] | None:
 
 def parse_dtypes(value: str | None) -> list[str] | None:
     return _choice_list(value, DTYPES, "dtype")
+
+
+def parse_executions(value: str | None) -> list[str] | None:
+    return _choice_list(value, EXECUTIONS, "execution")
 
 
 def parse_profile(value: str | None) -> str | None:

@@ -28,6 +28,7 @@ def sweep(
     out_path: Annotated[Optional[Path], typer.Option("--out", help="Results CSV [results/sweep-<time>.csv].")] = None,
     resume: Annotated[bool, typer.Option(help="Continue --out, measuring only the missing points.")] = False,
     dtype: Annotated[Optional[str], typer.Option(callback=options.parse_dtypes, help="Arithmetic, comma-separated: float32 (full fp32 for convolutions and matrix products), tf32 (TF32 tensor cores for both), bf16 (bfloat16 weights and activations), amp-bf16 (fp32 weights under bfloat16 autocast) [float32].")] = None,
+    execution: Annotated[Optional[str], typer.Option(callback=options.parse_executions, help="How the step runs, comma-separated: eager, compile (torch.compile; compile time recorded apart, never in a step), cuda-graphs (the step captured once and replayed) [eager].")] = None,
     target_ci: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Stop repeating once the median's 95% interval is within this fraction of it [GPU 0.01, CPU 0.02].")] = None,
     time_budget_s: Annotated[Optional[float], typer.Option(min=0.0, help="Most timed seconds per point, whatever the interval [GPU 1.0, CPU 0.5].")] = None,
     min_reps: Annotated[Optional[int], typer.Option(min=1, help="Fewest timed repetitions per point [GPU 3, CPU 5].")] = None,
@@ -63,6 +64,7 @@ def sweep(
     mode = mode or recorded.get("mode")
     attention = attention or recorded.get("attention")
     dtype = dtype or recorded.get("dtypes")
+    execution = execution or recorded.get("executions")
     for option, given, kept in (("--batch-size", batch_size, recorded.get("batch_size")),
                                 ("--profile", profile, recorded.get("profile")),
                                 ("--seed", seed if seed != 0 else None, recorded.get("seed"))):
@@ -88,6 +90,7 @@ def sweep(
         fresh_worker_per_point=fresh_worker_per_point,
         pin_cpu=pin_cpu,
         dtypes=dtype or ["float32"],
+        executions=execution or ["eager"],
         threads=threads or defaults.threads,
         argv=sys.argv[1:],
     )
@@ -118,7 +121,7 @@ def recorded_options(out_path: Path) -> dict:
     modes = run.get("modes") or []
     return {
         "models": run.get("models"), "lengths": run.get("lengths"), "attention": run.get("attention"),
-        "dtypes": run.get("dtypes"), "batch_size": run.get("batch_size"), "profile": run.get("profile"),
+        "dtypes": run.get("dtypes"), "executions": run.get("executions"), "batch_size": run.get("batch_size"), "profile": run.get("profile"),
         "seed": run.get("seed"), "mode": "both" if set(modes) == {"train", "infer"} else (modes[0] if modes else None),
     }
 

@@ -7,7 +7,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from profiler.results.schema import DEFAULT_DTYPE, PointSpec, memory_metric, variant_name
+from profiler.results.schema import KNOB_DEFAULTS, PointSpec, memory_metric, variant_name
 
 STATUS_STYLE = {"ok": "green", "oom": "yellow", "skipped": "dim", "error": "red"}
 
@@ -87,7 +87,9 @@ def summary_table(frame: pd.DataFrame, title: str) -> Table:
     table.add_column("mode")
     for length in lengths:
         table.add_column(f"L={length}", justify="right")
-    for (model, attention, dtype, mode), rows in frame.groupby(["model", "attention", "dtype", "mode"], sort=False):
+    for (model, attention, dtype, execution, mode), rows in frame.groupby(
+        ["model", "attention", "dtype", "execution", "mode"], sort=False
+    ):
         by_length = {int(r["seq_len"]): r for _, r in rows.iterrows()}
         cells = []
         for length in lengths:
@@ -98,6 +100,7 @@ def summary_table(frame: pd.DataFrame, title: str) -> Table:
                 cells.append(f"{row['time_median_ms']:.2f} / {row[memory]:.0f}{_marks(row)}")
             else:
                 cells.append(f"[{STATUS_STYLE[row['status']]}]{row['status']}[/]")
-        name = variant_name(model, attention) + ("" if dtype == DEFAULT_DTYPE else f" {dtype}")
+        knobs = {"dtype": dtype, "execution": execution}
+        name = variant_name(model, attention) + "".join(f" {v}" for k, v in knobs.items() if v != KNOB_DEFAULTS[k])
         table.add_row(escape(name), mode, *cells)
     return table

@@ -227,7 +227,7 @@ def build_figures(frame: pd.DataFrame, baseline: str | None = None, stem: str = 
         # The mode names the file; batch, device and dtype only where one mode has several panels.
         name = f"{stem}-{values['mode']}"
         if modes.count(values["mode"]) > 1:
-            name += f"-b{values['batch_size']}-{values['device']}-{values['dtype']}"
+            name += f"-b{values['batch_size']}-{values['device']}-{values['dtype']}-{values['execution']}"
         chosen = resolve_baseline(group, baseline) if baseline else None
         for metric in metrics:
             if any(len(s.points(metric)[0]) for s in group):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from profiler.results.files import atomic_write_text
-from profiler.results.schema import COLUMNS, KEY_COLUMNS, REQUIRED_COLUMNS, STATUSES, TEXT_COLUMNS
+from profiler.results.schema import COLUMNS, KEY_COLUMNS, KNOB_DEFAULTS, REQUIRED_COLUMNS, STATUSES, TEXT_COLUMNS
 
 
 class ResultsFileError(Exception):
@@ -42,6 +42,8 @@ def read_results(path: Path) -> pd.DataFrame:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
         raise ResultsFileError(f"results file {path} is not a seqprof results file (missing columns: {shown})")
     frame = frame.reindex(columns=list(dict.fromkeys(COLUMNS + list(frame.columns))))
+    for knob, default in KNOB_DEFAULTS.items():
+        frame[knob] = frame[knob].astype(object).fillna(default)
     bad_status = sorted(set(frame["status"].dropna()) - set(STATUSES))
     if bad_status or frame["status"].isna().any():
         raise ResultsFileError(f"results file {path} is corrupted: unknown or missing status values {bad_status}")

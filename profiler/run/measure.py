@@ -5,6 +5,7 @@ out-of-memory error propagates to the worker, which records it as a result.
 """
 import contextlib
 import gc
+import time
 
 import torch
 
@@ -86,9 +87,14 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None)
 
     workload = build_workload(
         point.model, point.attention, point.mode, point.seq_len, point.batch_size, point.profile, device, point.seed,
-        point.dtype,
+        point.dtype, point.execution,
     )
-    costs = step_costs(workload)  # the first step: it also creates the optimizer state
+    costs = step_costs(workload)  # the first step, eager: it also creates the optimizer state
+    if point.execution != "eager":
+        started = time.perf_counter()
+        workload.prepare()  # compile or capture, outside every timed step
+        _synchronize(device)
+        record["compile_s"] = time.perf_counter() - started
     record.update(
         param_count=costs.param_count,
         trainable_param_count=count_trainable_parameters(workload.model),

@@ -1,4 +1,6 @@
 """The plan of a sweep: which points, in which order."""
+import itertools
+
 from models.registry import get_spec
 from profiler.results.schema import NO_ATTENTION, PointSpec
 
@@ -13,6 +15,7 @@ def plan_points(
     device: str,
     seed: int = 0,
     dtypes: tuple[str, ...] = ("float32",),
+    executions: tuple[str, ...] = ("eager",),
 ) -> list[PointSpec]:
     """Every combination, grouped by model variant and mode, ascending length within a series.
 
@@ -23,7 +26,7 @@ def plan_points(
         spec = get_spec(model)
         variants = attentions if spec.has_attention_backend else [NO_ATTENTION]
         for attention in variants:
-            for dtype in dtypes:
+            for dtype, execution in itertools.product(dtypes, executions):
                 for mode in modes:
                     for seq_len in sorted(lengths):
                         points.append(
@@ -37,6 +40,7 @@ def plan_points(
                                 device=device,
                                 seed=seed,
                                 dtype=dtype,
+                                execution=execution,
                             )
                         )
     return points

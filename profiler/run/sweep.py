@@ -75,11 +75,14 @@ class SweepRequest:
     fresh_worker_per_point: bool = False
     pin_cpu: bool = True
     dtypes: list[str] = field(default_factory=lambda: ["float32"])
+    executions: list[str] = field(default_factory=lambda: ["eager"])
     threads: int = 1
     argv: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         """Raises ValueError with one line for a combination no point of which could run."""
+        if "cuda-graphs" in self.executions and self.device != "cuda":
+            raise ValueError("--execution cuda-graphs needs a CUDA GPU; this sweep runs on the CPU")
         if self.profile is not None:
             get_profile(self.profile)
         for model in self.models:
@@ -96,7 +99,7 @@ class SweepRequest:
     def plan(self) -> list[PointSpec]:
         return plan_points(
             self.models, self.lengths, self.modes, self.attentions, self.batch_size, self.profile, self.device, self.seed,
-            tuple(self.dtypes),
+            tuple(self.dtypes), tuple(self.executions),
         )
 
 
@@ -131,6 +134,7 @@ def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -
             "modes": request.modes,
             "attention": request.attentions,
             "dtypes": request.dtypes,
+            "executions": request.executions,
             "threads": request.threads,
             "batch_size": request.batch_size,
             "profile": request.profile or {m: REGISTRY[m].default_profile for m in request.models},
