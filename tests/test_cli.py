@@ -33,7 +33,7 @@ def test_sweep_writes_one_row_per_point_and_a_summary(tmp_path):
     assert (frame["time_median_ms"] > 0).all() and (frame["tensor_footprint_mib"] > 0).all()
     assert "Running on the CPU" in result.output
     assert "L=16" in result.output  # the summary table's columns
-    assert (tmp_path / "r.meta.json").exists()
+    assert (tmp_path / "r.csv.meta.json").exists()
 
 
 def test_models_lists_every_registered_model_with_its_parameter_count():

@@ -8,16 +8,17 @@ import time
 import pandas as pd
 import pytest
 import torch
-from helpers import FAST_FLAGS
+from helpers import FAST_FLAGS, store_points
 from typer.testing import CliRunner
 
-from profiler.cli import app
-from profiler.results.store import ResultsStore, read_results
+from profiler.cli import app, main
+from profiler.results.store import ResultsStore, read_results, sidecar_path
 from profiler.run.plan import plan_points
 from profiler.run.workload import build_workload
 
 LENGTHS = "8,12,16,20,24,28"
-SWEEP = [sys.executable, "-m", "profiler.cli", "sweep", "--models", "sasrec", "--lengths", LENGTHS, *FAST_FLAGS,
+SEQPROF = [sys.executable, "-m", "profiler.cli"]
+SWEEP = [*SEQPROF, "sweep", "--models", "sasrec", "--lengths", LENGTHS, *FAST_FLAGS,
          # a longer budget per point leaves time to interrupt the sweep between its points
          "--time-budget-s", "0.5", "--min-reps", "3", "--max-reps", "200"]
 
@@ -76,6 +77,29 @@ def test_a_killed_sweep_keeps_every_finished_point_and_resume_completes(tmp_path
     finished = resume(out)
     assert finished.returncode == 0, finished.stderr
     assert_complete_without_duplicates(out)
+
+
+def test_a_sweep_that_comes_while_a_resume_reads_the_file_is_refused_and_no_point_is_lost(tmp_path, monkeypatch):
+    # The other sweep runs, whole, in the moment the resume has read the file: a resume that took
+    # the lock after reading would write back what it read and drop the other's point.
+    out = tmp_path / "r.csv"
+    store_points(out, [8])
+    other = []
+    read_results_then = read_results
+
+    def read_while_another_sweep_runs(path):
+        frame = read_results_then(path)
+        if not other:
+            command = [*SEQPROF, "sweep", "--models", "sasrec", "--lengths", "8,12", *FAST_FLAGS, "--out", str(out),
+                       "--resume"]
+            other.append(subprocess.run(command, capture_output=True, text=True, timeout=300, check=False))
+        return frame
+
+    monkeypatch.setattr("profiler.results.store.read_results", read_while_another_sweep_runs)
+    assert main(["sweep", "--models", "sasrec", "--lengths", "8,16", *FAST_FLAGS, "--out", str(out), "--resume"]) == 0
+    assert other[0].returncode == 2, other[0].stderr
+    assert other[0].stderr.splitlines() == [f"seqprof: error: results file {out} is in use by another sweep"]
+    assert read_results(out)["seq_len"].tolist() == [8, 16]
 
 
 def test_a_second_sweep_on_the_same_results_is_refused(tmp_path):

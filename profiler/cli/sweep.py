@@ -11,7 +11,7 @@ from models.registry import REGISTRY
 from profiler.cli import options
 from profiler.cli.common import PLOTS_DIR, console, draw_figures, fail, out
 from profiler.present.display import SweepProgress, summary_table
-from profiler.results.store import ResultsFileError, ResultsStore, recorded_run
+from profiler.results.store import ResultsFileError, ResultsStore
 from profiler.run.runner import SweepEvents
 from profiler.run.sweep import SweepRequest, default_results_path, defaults_for, open_store, run_sweep
 from profiler.trackers.environment import resolve_device
@@ -56,46 +56,54 @@ def sweep(
         budget = dataclasses.replace(budget, max_warmup_steps=budget.warmup_steps)
     if resume and out_path is None:
         fail("--resume needs --out, the results file to continue")
-    recorded = recorded_options(out_path) if resume else {}
-    # What the file's run used, where the user gives nothing else: a resume continues that sweep.
-    models = models or recorded.get("models")
-    lengths = lengths or recorded.get("lengths")
-    mode = mode or recorded.get("mode")
-    attention = attention or recorded.get("attention")
-    dtype = dtype or recorded.get("dtypes")
-    for option, given, kept in (("--batch-size", batch_size, recorded.get("batch_size")),
-                                ("--profile", profile, recorded.get("profile")),
-                                ("--seed", seed if seed != 0 else None, recorded.get("seed"))):
-        if given is not None and kept is not None and given != kept:
-            fail(f"{option} {given} conflicts with {out_path}, measured with {option} {kept}; "
-                 "drop it to continue that sweep, or give another --out")
-    batch_size = batch_size or recorded.get("batch_size")
-    profile = profile or (recorded.get("profile") if isinstance(recorded.get("profile"), str) else None)
-    seed = recorded.get("seed", seed) if seed == 0 else seed
-    request = SweepRequest(
-        models=models or list(REGISTRY),
-        lengths=lengths or list(defaults.lengths),
-        modes=options.modes_for(mode) if mode else list(defaults.modes),
-        attentions=attention or list(defaults.attentions),
-        batch_size=batch_size or defaults.batch_size,
-        profile=profile,
-        device=resolved_device,
-        seed=seed,
-        budget=budget,
-        out=out_path or default_results_path(),
-        resume=resume,
-        point_timeout_s=point_timeout_s,
-        fresh_worker_per_point=fresh_worker_per_point,
-        pin_cpu=pin_cpu,
-        dtypes=dtype or ["float32"],
-        threads=threads or defaults.threads,
-        argv=sys.argv[1:],
-    )
-    store, rows, interrupted, elapsed = measure_with_progress(
-        request,
-        cpu_notice="[bold yellow]Running on the CPU[/] (no CUDA GPU in use): times are CPU times, GPU memory "
-        "columns stay empty; the tensor footprint shows how memory scales.",
-    )
+    # Locked before it is read: the options recorded in its sidecar and its rows are those no
+    # other sweep is changing.
+    resumed = open_or_fail(out_path) if resume else None
+    try:
+        recorded = recorded_options(resumed) if resumed is not None else {}
+        # What the file's run used, where the user gives nothing else: a resume continues that sweep.
+        models = models or recorded.get("models")
+        lengths = lengths or recorded.get("lengths")
+        mode = mode or recorded.get("mode")
+        attention = attention or recorded.get("attention")
+        dtype = dtype or recorded.get("dtypes")
+        for option, given, kept in (("--batch-size", batch_size, recorded.get("batch_size")),
+                                    ("--profile", profile, recorded.get("profile")),
+                                    ("--seed", seed if seed != 0 else None, recorded.get("seed"))):
+            if given is not None and kept is not None and given != kept:
+                fail(f"{option} {given} conflicts with {out_path}, measured with {option} {kept}; "
+                     "drop it to continue that sweep, or give another --out")
+        batch_size = batch_size or recorded.get("batch_size")
+        profile = profile or (recorded.get("profile") if isinstance(recorded.get("profile"), str) else None)
+        seed = recorded.get("seed", seed) if seed == 0 else seed
+        request = SweepRequest(
+            models=models or list(REGISTRY),
+            lengths=lengths or list(defaults.lengths),
+            modes=options.modes_for(mode) if mode else list(defaults.modes),
+            attentions=attention or list(defaults.attentions),
+            batch_size=batch_size or defaults.batch_size,
+            profile=profile,
+            device=resolved_device,
+            seed=seed,
+            budget=budget,
+            out=out_path or default_results_path(),
+            resume=resume,
+            point_timeout_s=point_timeout_s,
+            fresh_worker_per_point=fresh_worker_per_point,
+            pin_cpu=pin_cpu,
+            dtypes=dtype or ["float32"],
+            threads=threads or defaults.threads,
+            argv=sys.argv[1:],
+        )
+        store, rows, interrupted, elapsed = measure_with_progress(
+            request,
+            cpu_notice="[bold yellow]Running on the CPU[/] (no CUDA GPU in use): times are CPU times, GPU memory "
+            "columns stay empty; the tensor footprint shows how memory scales.",
+            store=resumed,
+        )
+    finally:
+        if resumed is not None:
+            resumed.close()
     frame = store.frame
     if len(frame):
         out.print(summary_table(frame, f"seqprof sweep on {frame['device_name'].iloc[-1]}, batch {request.batch_size}"))
@@ -106,13 +114,17 @@ def sweep(
         stop_after_interrupt(request)
 
 
-def recorded_options(out_path: Path) -> dict:
-    """The options of the run recorded beside ``out_path``, in the CLI's terms; a corrupted sidecar
-    is a one-line error."""
+def open_or_fail(path: Path) -> ResultsStore:
+    """The results file at ``path``, locked and read, to resume; a file that cannot be is one line."""
     try:
-        run = recorded_run(out_path)
+        return ResultsStore.resume(path)
     except ResultsFileError as exc:
         fail(str(exc))
+
+
+def recorded_options(store: ResultsStore) -> dict:
+    """The options of the latest run recorded beside the store's file, in the CLI's terms."""
+    run = store.recorded_run()
     if not run:
         return {}
     modes = run.get("modes") or []
@@ -123,14 +135,17 @@ def recorded_options(out_path: Path) -> dict:
     }
 
 
-def measure_with_progress(request: SweepRequest, cpu_notice: str) -> tuple[ResultsStore, list[dict], bool, float]:
-    """Validates the request, opens and locks its results, and runs it with the progress display.
+def measure_with_progress(
+    request: SweepRequest, cpu_notice: str, store: ResultsStore | None = None
+) -> tuple[ResultsStore, list[dict], bool, float]:
+    """Validates the request, opens and locks its results (unless ``store`` is already open), and
+    runs it with the progress display; the store is closed on return.
 
     Returns the store, the rows written, whether Ctrl-C stopped it, and the elapsed seconds.
     """
     try:
         request.validate()
-        store = open_store(request)
+        store = store if store is not None else open_store(request)
         with store:
             if request.device == "cpu":
                 console.print(cpu_notice)

@@ -4,12 +4,14 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models.base import ATTENTION_BACKENDS
 from models.profiles import get_profile
 from models.registry import REGISTRY, get_spec
 from profiler.results.files import timestamped_path
-from profiler.results.schema import PointSpec
+from profiler.results.schema import MODES, PointSpec
 from profiler.results.store import ResultsStore
 from profiler.run.plan import plan_points
+from profiler.run.precision import DTYPES
 from profiler.run.runner import RunnerOptions, SweepEvents, SweepRunner
 from profiler.trackers.environment import collect_environment
 from profiler.trackers.timing import MeasurementBudget
@@ -82,6 +84,12 @@ class SweepRequest:
         """Raises ValueError with one line for a combination no point of which could run."""
         if self.profile is not None:
             get_profile(self.profile)
+        # A resume takes these from the sidecar, where they may have been edited.
+        for what, given, choices in (("mode", self.modes, MODES), ("dtype", self.dtypes, DTYPES),
+                                     ("attention backend", self.attentions, ATTENTION_BACKENDS)):
+            unknown = [value for value in given if value not in choices]
+            if unknown:
+                raise ValueError(f"unknown {what} {unknown[0]!r}; choose from {', '.join(choices)}")
         for model in self.models:
             spec = get_spec(model)
             limit = spec.max_len_limit
