@@ -43,7 +43,7 @@ def reproduce_command(
         if measuring:
             fail(f"--from-results compares an existing file and measures nothing; drop {', '.join(measuring)}")
         frame, source = read_or_fail(from_results), from_results
-        interrupted = False
+        interrupted = None
     else:
         try:
             resolved = resolve_device(device)
@@ -79,4 +79,4 @@ def reproduce_command(
         fail(f"cannot write figures to {out_dir}: {exc.strerror or exc}")
     console.print(f"figure: {', '.join(str(p) for p in paths)}", soft_wrap=True)
     if interrupted:
-        stop_after_interrupt(request)
+        stop_after_interrupt(request, interrupted)

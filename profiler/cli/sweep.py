@@ -1,5 +1,7 @@
 """seqprof sweep: measure a grid of points, with progress, into a results file."""
 import dataclasses
+import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -111,7 +113,7 @@ def sweep(
     if plot and (frame["status"] == "ok").any():
         draw_figures(frame, PLOTS_DIR, request.out.stem)
     if interrupted:
-        stop_after_interrupt(request)
+        stop_after_interrupt(request, interrupted)
 
 
 def open_or_fail(path: Path) -> ResultsStore:
@@ -137,11 +139,12 @@ def recorded_options(store: ResultsStore) -> dict:
 
 def measure_with_progress(
     request: SweepRequest, cpu_notice: str, store: ResultsStore | None = None
-) -> tuple[ResultsStore, list[dict], bool, float]:
+) -> tuple[ResultsStore, list[dict], int | None, float]:
     """Validates the request, opens and locks its results (unless ``store`` is already open), and
     runs it with the progress display; the store is closed on return.
 
-    Returns the store, the rows written, whether Ctrl-C stopped it, and the elapsed seconds.
+    Returns the store, the rows written, the signal that stopped it early (or None), and the
+    elapsed seconds.
     """
     try:
         request.validate()
@@ -158,14 +161,17 @@ def measure_with_progress(
     return store, rows, interrupted, elapsed
 
 
-def stop_after_interrupt(request: SweepRequest) -> None:
-    console.print("[bold]Stopped by Ctrl-C.[/] Every finished point is kept. Resume with:")
-    console.print(resume_command(request.argv, request.out), markup=False, soft_wrap=True)
-    raise typer.Exit(130)
+def stop_after_interrupt(request: SweepRequest, signum: int) -> None:
+    """What a stopped sweep prints last: how it was stopped and the command that continues it."""
+    cause = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    console.print(f"[bold]Stopped by {cause}.[/] Every finished point is kept. Resume with:")
+    console.print(resume_command(request.argv, request.out), markup=False, emoji=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(128 + signum)
 
 
 def resume_command(argv: list[str], results: Path) -> str:
-    """The user's sweep command with --out pointing at ``results`` and --resume added."""
+    """The user's sweep command with --out pointing at ``results`` and --resume added, quoted for
+    a POSIX shell so that it can be pasted as it is."""
     kept, skip_next = [], False
     for arg in argv:
         if skip_next:
@@ -174,4 +180,4 @@ def resume_command(argv: list[str], results: Path) -> str:
             skip_next = True
         elif not (arg.startswith("--out=") or arg == "--resume"):
             kept.append(arg)
-    return " ".join(["seqprof", *kept, "--out", str(results), "--resume"])
+    return shlex.join(["seqprof", *kept, "--out", str(results), "--resume"])
