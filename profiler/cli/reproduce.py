@@ -26,7 +26,7 @@ def reproduce_command(
     out_path: Annotated[Optional[Path], typer.Option("--out", help="Results CSV (default: results/reproduce-<setup>-<device>-<time>.csv).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue --out, measuring only the missing points.")] = False,
     from_results: Annotated[Optional[Path], typer.Option(help="Compare and draw from this results file; measure nothing.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Batch size (default: the paper's, 128; CPU: 8).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(parser=options.integer(1, options.MAX_BATCH_SIZE), help="Batch size (default: the paper's, 128; CPU: 8).")] = None,
     lengths: Annotated[Optional[str], typer.Option(callback=options.parse_lengths, help="Lengths, e.g. 50,200 (default: the paper's; CPU: those up to 200).")] = None,
     profile: Annotated[Optional[str], typer.Option(callback=options.parse_profile, help="Dataset profile (default: the paper's); tiny makes a CPU run quick.")] = None,
     out_dir: Annotated[Path, typer.Option(help="Folder for the figure.")] = PLOTS_DIR,
