@@ -1,16 +1,36 @@
 """What several test modules build the same way: a measurement budget and CLI flags of a few
-steps, and a synthetic results table of known growth."""
+steps, a synthetic results table of known growth, and a stored results file of a few points."""
 import numpy as np
 import pandas as pd
 import torch
 
 from profiler.results.schema import COLUMNS
+from profiler.results.store import ResultsStore
 from profiler.trackers.timing import MeasurementBudget
 
 TINY_BUDGET = MeasurementBudget(warmup_steps=1, max_warmup_steps=1, time_budget_s=0.01, min_reps=2, max_reps=3)
 # CLI flags giving the same budget, so CLI tests run in seconds.
 FAST_FLAGS = ["--device", "cpu", "--profile", "tiny", "--batch-size", "4", "--warmup", "1", "--max-warmup", "1", "--no-plot",
               "--time-budget-s", "0.01", "--min-reps", "2", "--max-reps", "3"]
+
+# The run FAST_FLAGS with --models sasrec records in a sidecar.
+FAST_RUN = {"models": ["sasrec"], "modes": ["train"], "attention": ["naive"], "dtypes": ["float32"], "batch_size": 4,
+            "profile": "tiny", "seed": 0}
+
+
+def store_points(path, lengths) -> None:
+    """A results file and sidecar as a sweep with FAST_FLAGS and --models sasrec leaves them: one
+    ok row per length (made-up numbers), one recorded run."""
+    with ResultsStore.create(path) as store:
+        store.start_run({**FAST_RUN, "lengths": list(lengths)})
+        for length in lengths:
+            row = dict.fromkeys(COLUMNS)
+            row.update(model="sasrec", family="attention", attention="naive", profile="tiny", mode="train",
+                       batch_size=4, seq_len=length, device="cpu", dtype="float32", seed=0, device_name="cpu",
+                       status="ok", time_median_ms=1.0 + length / 100, tensor_footprint_mib=2.0 + length / 10)
+            store.append(row)
+        store.finish_run(points_measured=len(lengths), interrupted=False)
+
 
 # model -> (family, attention, footprint MiB (L), time ms (L)): the shapes of real models.
 SYNTHETIC_MODELS = {

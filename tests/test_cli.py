@@ -1,6 +1,8 @@
 """The command line: happy paths and every bad input, each a one-line error with exit code 2."""
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -8,7 +10,7 @@ from helpers import FAST_FLAGS
 from typer.testing import CliRunner
 
 from models.registry import REGISTRY
-from profiler.cli import app
+from profiler.cli import app, main
 from profiler.cli.sweep import resume_command
 
 runner = CliRunner()
@@ -33,7 +35,7 @@ def test_sweep_writes_one_row_per_point_and_a_summary(tmp_path):
     assert (frame["time_median_ms"] > 0).all() and (frame["tensor_footprint_mib"] > 0).all()
     assert "Running on the CPU" in result.output
     assert "L=16" in result.output  # the summary table's columns
-    assert (tmp_path / "r.meta.json").exists()
+    assert (tmp_path / "r.csv.meta.json").exists()
 
 
 def test_models_lists_every_registered_model_with_its_parameter_count():
@@ -138,6 +140,52 @@ def test_console_script_prints_one_line_errors():
 def test_resume_command_replaces_out_and_adds_resume():
     argv = ["sweep", "--lengths", "50,200", "--out", "old.csv", "--resume"]
     assert resume_command(argv, "new.csv") == "seqprof sweep --lengths 50,200 --out new.csv --resume"
+
+
+def test_resume_command_is_quoted_so_that_it_pastes_into_a_shell():
+    argv = ["sweep", "--models", "sasrec, convrec-light", "--lengths=50,200", "--out", "old.csv"]
+    command = resume_command(argv, Path("my results/it's $HOME.csv"))
+    assert shlex.split(command) == ["seqprof", "sweep", "--models", "sasrec, convrec-light", "--lengths=50,200",
+                                    "--out", "my results/it's $HOME.csv", "--resume"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--time-budget-s", "inf"], "'--time-budget-s': 'inf' is not a finite decimal number"),
+        (["--time-budget-s", "1e999"], "'--time-budget-s': inf is not a finite number"),
+        (["--target-ci", "nan"], "'--target-ci': 'nan' is not a finite decimal number"),
+        (["--point-timeout-s", "Infinity"], "'--point-timeout-s': 'Infinity' is not a finite decimal number"),
+        (["--point-timeout-s", "0.5"], "'--point-timeout-s': 0.5 is below 1"),
+        (["--time-budget-s", "1_0"], "'--time-budget-s': '1_0' is not a finite decimal number"),
+        (["--batch-size", str(10**20)], f"'--batch-size': {10**20} is not in the range 1..1048576"),
+        (["--batch-size", "1_0"], "'--batch-size': '1_0' is not a decimal integer"),
+        (["--batch-size", "٤"], "'--batch-size': '٤' is not a decimal integer"),
+        (["--seed", "-1"], "'--seed': -1 is not in the range 0..4294967295"),
+        (["--seed", str(2**64)], f"'--seed': {2**64} is not in the range 0..4294967295"),
+        (["--min-reps", "2.0"], "'--min-reps': '2.0' is not a decimal integer"),
+        (["--warmup", str(10**9)], f"'--warmup': {10**9} is not in the range 1..10000"),
+        (["--threads", "1e6"], "'--threads': '1e6' is not a decimal integer"),
+        (["--lengths", "1_0"], "'--lengths': '1_0' in '1_0' is not an integer length"),
+        (["--lengths", "8,٥٠"], "'--lengths': '٥٠' in '8,٥٠' is not an integer length"),
+        (["--lengths", "8,\uff15\uff10"], "'--lengths': '\uff15\uff10' in '8,\uff15\uff10' is not an integer length"),
+        (["--lengths", "8,08"], "'--lengths': '8,08' repeats 8"),
+        (["--lengths", str(2**21)], f"'--lengths': lengths must be at most {2**20}; got {2**21}"),
+    ],
+)
+def test_absurd_option_values_are_one_line_before_anything_is_measured(tmp_path, capsys, args, message):
+    out = tmp_path / "r.csv"
+    assert main(["sweep", "--models", "sasrec", "--lengths", "8", *FAST_FLAGS, "--out", str(out), *args]) == 2
+    assert capsys.readouterr().err == f"seqprof: error: Invalid value for {message}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reproduce_reads_its_batch_size_as_strictly(tmp_path, capsys):
+    args = ["reproduce", "lightconv", "--device", "cpu", "--out", str(tmp_path / "r.csv"), "--batch-size", "1_0"]
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        "seqprof: error: Invalid value for '--batch-size': '1_0' is not a decimal integer\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_lengths_below_a_models_minimum_are_a_clear_error(tmp_path):

@@ -5,10 +5,15 @@ common (the app, errors) <- sweep, analyse, reproduce, info (the commands, regis
 """
 import sys
 
-import typer
+try:
+    import typer
 
-from profiler.cli import analyse, info, limits, reproduce, sweep
-from profiler.cli.common import app
+    from profiler.cli import analyse, info, limits, reproduce, sweep
+    from profiler.cli.common import app
+except KeyboardInterrupt:
+    # Ctrl-C while torch and pandas load (seconds on a busy machine) is one line, as it is later.
+    print("seqprof: interrupted", file=sys.stderr)
+    raise SystemExit(130) from None
 
 __all__ = ["app", "main"]
 

@@ -26,7 +26,7 @@ def reproduce_command(
     out_path: Annotated[Optional[Path], typer.Option("--out", help="Results CSV (default: results/reproduce-<setup>-<device>-<time>.csv).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue --out, measuring only the missing points.")] = False,
     from_results: Annotated[Optional[Path], typer.Option(help="Compare and draw from this results file; measure nothing.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Batch size (default: the paper's, 128; CPU: 8).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(parser=options.integer(1, options.MAX_BATCH_SIZE), help="Batch size (default: the paper's, 128; CPU: 8).")] = None,
     lengths: Annotated[Optional[str], typer.Option(callback=options.parse_lengths, help="Lengths, e.g. 50,200 (default: the paper's; CPU: those up to 200).")] = None,
     profile: Annotated[Optional[str], typer.Option(callback=options.parse_profile, help="Dataset profile (default: the paper's); tiny makes a CPU run quick.")] = None,
     out_dir: Annotated[Path, typer.Option(help="Folder for the figure.")] = PLOTS_DIR,
@@ -43,7 +43,7 @@ def reproduce_command(
         if measuring:
             fail(f"--from-results compares an existing file and measures nothing; drop {', '.join(measuring)}")
         frame, source = read_or_fail(from_results), from_results
-        interrupted = False
+        interrupted = None
     else:
         try:
             resolved = resolve_device(device)
@@ -79,4 +79,4 @@ def reproduce_command(
         fail(f"cannot write figures to {out_dir}: {exc.strerror or exc}")
     console.print(f"figure: {', '.join(str(p) for p in paths)}", soft_wrap=True)
     if interrupted:
-        stop_after_interrupt(request)
+        stop_after_interrupt(request, interrupted)

@@ -4,17 +4,21 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models.base import ATTENTION_BACKENDS
 from models.profiles import get_profile
 from models.registry import REGISTRY, get_spec
 from profiler.results.files import timestamped_path
-from profiler.results.schema import PointSpec
+from profiler.results.schema import MODES, PointSpec
 from profiler.results.store import ResultsStore
 from profiler.run.plan import plan_points
+from profiler.run.precision import DTYPES
 from profiler.run.runner import RunnerOptions, SweepEvents, SweepRunner
 from profiler.trackers.environment import collect_environment
 from profiler.trackers.timing import MeasurementBudget
 
 RESULTS_DIR = Path("results")
+# What stops a sweep between points: Ctrl-C, a termination request, the terminal going away.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,12 @@ class SweepRequest:
             raise ValueError("--execution cuda-graphs needs a CUDA GPU; this sweep runs on the CPU")
         if self.profile is not None:
             get_profile(self.profile)
+        # A resume takes these from the sidecar, where they may have been edited.
+        for what, given, choices in (("mode", self.modes, MODES), ("dtype", self.dtypes, DTYPES),
+                                     ("attention backend", self.attentions, ATTENTION_BACKENDS)):
+            unknown = [value for value in given if value not in choices]
+            if unknown:
+                raise ValueError(f"unknown {what} {unknown[0]!r}; choose from {', '.join(choices)}")
         for model in self.models:
             spec = get_spec(model)
             limit = spec.max_len_limit
@@ -111,51 +121,61 @@ def open_store(request: SweepRequest) -> ResultsStore:
     return ResultsStore.resume(request.out) if request.resume else ResultsStore.create(request.out)
 
 
-def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -> tuple[list[dict], bool]:
+def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -> tuple[list[dict], int | None]:
     """Runs the pending points of the request into ``store`` (held locked by the caller).
 
-    Returns the rows written and whether the sweep was stopped early by Ctrl-C.
+    Ctrl-C, SIGTERM and SIGHUP stop the sweep after the point in flight, which is kept. Returns the
+    rows written and the signal that stopped the sweep early (None if it ran to the end).
     """
-    environment = collect_environment(request.device)
-    runner = SweepRunner(
-        store,
-        RunnerOptions(request.budget, request.point_timeout_s, request.fresh_worker_per_point, request.pin_cpu,
-                      request.threads),
-        events,
-        device_name=environment["device_name"],
-    )
-    points = runner.pending(request.plan())
-    store.start_run(
-        {
-            "environment": environment,
-            "command": request.argv,
-            "models": request.models,
-            "lengths": request.lengths,
-            "modes": request.modes,
-            "attention": request.attentions,
-            "dtypes": request.dtypes,
-            "executions": request.executions,
-            "threads": request.threads,
-            "batch_size": request.batch_size,
-            "profile": request.profile or {m: REGISTRY[m].default_profile for m in request.models},
-            "seed": request.seed,
-            "budget": request.budget.__dict__,
-            "points_planned": len(points),
-            "started": environment["timestamp"],
-        }
-    )
+    stopped_by: list[int] = []
+    runner: SweepRunner | None = None
 
     def stop_after_this_point(signum, frame):
-        runner.request_stop()
+        stopped_by.append(signum)
+        if runner is not None:
+            runner.request_stop()
 
-    previous = signal.signal(signal.SIGINT, stop_after_this_point)
+    previous = {signum: signal.signal(signum, stop_after_this_point) for signum in STOP_SIGNALS}
     try:
+        environment = collect_environment(request.device)
+        runner = SweepRunner(
+            store,
+            RunnerOptions(request.budget, request.point_timeout_s, request.fresh_worker_per_point, request.pin_cpu,
+                          request.threads),
+            events,
+            device_name=environment["device_name"],
+        )
+        if stopped_by:
+            runner.request_stop()
+        points = runner.pending(request.plan())
+        store.start_run(
+            {
+                "environment": environment,
+                "command": request.argv,
+                "models": request.models,
+                "lengths": request.lengths,
+                "modes": request.modes,
+                "attention": request.attentions,
+                "dtypes": request.dtypes,
+                "executions": request.executions,
+                "threads": request.threads,
+                "batch_size": request.batch_size,
+                "profile": request.profile or {m: REGISTRY[m].default_profile for m in request.models},
+                "seed": request.seed,
+                "budget": request.budget.__dict__,
+                "points_planned": len(points),
+                "started": environment["timestamp"],
+            }
+        )
         rows = runner.run(points)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    stop = stopped_by[0] if stopped_by else None
     store.finish_run(
         finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         points_measured=len(rows),
-        interrupted=runner.stop_requested,
+        interrupted=stop is not None,
+        stopped_by=signal.Signals(stop).name if stop is not None else None,
     )
-    return rows, runner.stop_requested
+    return rows, stop
