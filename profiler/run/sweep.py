@@ -5,11 +5,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.profiles import get_profile
-from models.registry import REGISTRY, get_spec
 from profiler.results.files import timestamped_path
 from profiler.results.schema import PointSpec
 from profiler.results.store import ResultsStore
 from profiler.run.plan import plan_points
+from profiler.run.plugins import check_unchanged, resolve_spec
 from profiler.run.runner import RunnerOptions, SweepEvents, SweepRunner
 from profiler.trackers.environment import collect_environment
 from profiler.trackers.timing import MeasurementBudget
@@ -83,7 +83,7 @@ class SweepRequest:
         if self.profile is not None:
             get_profile(self.profile)
         for model in self.models:
-            spec = get_spec(model)
+            spec = resolve_spec(model)
             limit = spec.max_len_limit
             if limit is not None and max(self.lengths) > limit:
                 raise ValueError(f"model {model!r} supports lengths up to {limit}; got {max(self.lengths)}")
@@ -105,7 +105,13 @@ def default_results_path() -> Path:
 
 
 def open_store(request: SweepRequest) -> ResultsStore:
-    return ResultsStore.resume(request.out) if request.resume else ResultsStore.create(request.out)
+    """The request's results, new or resumed; resuming refuses a plug-in whose file changed since its
+    rows were measured (a ValueError), before anything is written."""
+    if not request.resume:
+        return ResultsStore.create(request.out)
+    store = ResultsStore.resume(request.out)
+    check_unchanged(store.frame, request.models)
+    return store
 
 
 def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -> tuple[list[dict], bool]:
@@ -133,7 +139,7 @@ def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -
             "dtypes": request.dtypes,
             "threads": request.threads,
             "batch_size": request.batch_size,
-            "profile": request.profile or {m: REGISTRY[m].default_profile for m in request.models},
+            "profile": request.profile or {m: resolve_spec(m).default_profile for m in request.models},
             "seed": request.seed,
             "budget": request.budget.__dict__,
             "points_planned": len(points),
