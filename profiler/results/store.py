@@ -50,6 +50,22 @@ def read_results(path: Path) -> pd.DataFrame:
     return frame
 
 
+def read_many(paths: list[Path]) -> pd.DataFrame:
+    """The rows of several results files as one table. A point in two files must be the same row
+    (the same file given twice); two different measurements of one point are a ResultsFileError."""
+    frames = [read_results(path).assign(_source=str(path)) for path in paths]
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    frame = frame.drop_duplicates(subset=[c for c in frame.columns if c != "_source"])
+    repeated = frame[frame.duplicated(subset=KEY_COLUMNS, keep=False)]
+    if len(repeated):
+        keys = repeated[KEY_COLUMNS].astype(str)
+        same = repeated[(keys == keys.iloc[0]).all(axis=1)]
+        point = ", ".join(f"{c}={v}" for c, v in keys.iloc[0].items())
+        raise ResultsFileError(f"results files {' and '.join(dict.fromkeys(same['_source']))} both hold {point} with "
+                               f"different values ({len(repeated)} rows in conflict); give files of different points")
+    return frame.drop(columns="_source").reset_index(drop=True)
+
+
 def recorded_run(path: Path) -> dict:
     """The options of the latest run recorded in the sidecar of ``path`` ({} if there is none)."""
     meta_path = sidecar_path(Path(path))
