@@ -1,6 +1,7 @@
 """A sweep from the user's choices to stored results: defaults per device, validation, the run."""
 import datetime
 import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,11 +151,15 @@ def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -
     def stop_after_this_point(signum, frame):
         runner.request_stop()
 
-    previous = signal.signal(signal.SIGINT, stop_after_this_point)
+    # Only the main thread may handle signals; a sweep started from another thread (a notebook's
+    # worker thread) stops when the thread's caller interrupts it.
+    handling = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, stop_after_this_point) if handling else None
     try:
         rows = runner.run(points)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if handling:
+            signal.signal(signal.SIGINT, previous)
     store.finish_run(
         finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         points_measured=len(rows),
