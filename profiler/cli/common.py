@@ -7,7 +7,7 @@ import pandas as pd
 import typer
 from rich.console import Console
 
-from profiler.results.store import ResultsFileError, read_results
+from profiler.results.store import ResultsFileError, read_many, read_results
 
 app = typer.Typer(
     help="Profile convolutional vs attention sequential recommenders as the sequence grows.",
@@ -45,5 +45,12 @@ def draw_figures(frame: pd.DataFrame, out_dir: Path, stem: str, baseline: str | 
 def read_or_fail(path: Path) -> pd.DataFrame:
     try:
         return read_results(path)
+    except ResultsFileError as exc:
+        fail(str(exc))
+
+
+def read_many_or_fail(paths: list[Path]) -> pd.DataFrame:
+    try:
+        return read_many(paths)
     except ResultsFileError as exc:
         fail(str(exc))

@@ -10,8 +10,8 @@ import typer
 
 from models.base import ATTENTION_BACKENDS
 from models.profiles import PROFILES
-from models.registry import REGISTRY
 from profiler.results.schema import MODES
+from profiler.run.plugins import model_name
 from profiler.run.precision import DTYPES
 from profiler.run.workload import EXECUTIONS
 
@@ -113,7 +113,20 @@ def _choice(value: str | None, choices, what: str) -> str | None:
 
 
 def parse_models(value: str | None) -> list[str] | None:
-    return _choice_list(value, list(REGISTRY), "model")
+    """Registry names and plug-in references ('./my_gru.py:GRURec', 'mypkg.models:GRURec'), each
+    plug-in imported and checked here; a file's reference becomes its absolute path."""
+    if value is None:
+        return None
+    names = []
+    for item in _items(value, "models"):
+        try:
+            name = model_name(item)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        if name in names:
+            raise typer.BadParameter(f"{value!r} names {item} twice")
+        names.append(name)
+    return names
 
 
 def parse_attention(value: str | None) -> list[str] | None:

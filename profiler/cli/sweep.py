@@ -14,6 +14,7 @@ from profiler.cli import options
 from profiler.cli.common import PLOTS_DIR, console, draw_figures, fail, out
 from profiler.present.display import SweepProgress, summary_table
 from profiler.results.store import ResultsFileError, ResultsStore
+from profiler.run.plugins import check_unchanged
 from profiler.run.runner import SweepEvents
 from profiler.run.sweep import SweepRequest, default_results_path, defaults_for, open_store, run_sweep
 from profiler.trackers.environment import resolve_device
@@ -151,6 +152,8 @@ def measure_with_progress(
     """
     try:
         request.validate()
+        if store is not None:
+            check_unchanged(store.frame, request.models)  # a plug-in file edited since its rows
         store = store if store is not None else open_store(request)
         with store:
             if request.device == "cpu":

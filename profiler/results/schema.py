@@ -24,9 +24,18 @@ PANEL_FIELDS = ("mode", "batch_size", "device", "dtype", "execution")
 KEY_FIELDS = (*SERIES_FIELDS, "seq_len", "seed")
 
 
+def model_label(model: str) -> str:
+    """How a model is named in tables and figures: a plug-in file's reference by the file's name
+    ('my_gru.py:GRURec'), since the row's model holds its absolute path; any other name as it is."""
+    where, separator, attribute = model.rpartition(":")
+    if separator and (where.endswith(".py") or "/" in where):
+        return f"{where.rsplit('/', 1)[-1]}:{attribute}"
+    return model
+
+
 def variant_name(model: str, attention: str) -> str:
-    """'sasrec[sdpa]' for a model with an attention backend, the model's name otherwise."""
-    return model if attention == NO_ATTENTION else f"{model}[{attention}]"
+    """'sasrec[sdpa]' for a model with an attention backend, the model's label otherwise."""
+    return model_label(model) if attention == NO_ATTENTION else f"{model_label(model)}[{attention}]"
 
 
 def oom_note(length: int) -> str:
@@ -100,6 +109,8 @@ COLUMNS = [
     # what was measured
     "model", "family", "attention", "profile", "mode", "batch_size", "seq_len", "device", "dtype", "execution", "seed",
     "device_name", "num_items", "item_feature_dim",
+    # a plug-in model: its resolved reference (also its model name) and the sha256 of its file
+    "plugin_ref", "plugin_sha256",
     # outcome
     "status", "error",
     # time per step: the device's (CUDA events behind a spin; the host clock on the CPU) ...
@@ -123,7 +134,8 @@ COLUMNS = [
     "step_times_ms", "wall_times_ms",
 ]
 # Columns read as text whatever they hold (an empty error column would otherwise read as floats).
-TEXT_COLUMNS = {name: "string" for name in ("error", "nvml_source", "time_clock", "step_times_ms", "wall_times_ms")}
+TEXT_COLUMNS = {name: "string" for name in ("error", "nvml_source", "time_clock", "plugin_ref", "plugin_sha256",
+                                            "step_times_ms", "wall_times_ms")}
 # A file must have these to be read; later-added columns are optional and read as empty.
 REQUIRED_COLUMNS = [c for c in KEY_COLUMNS if c not in KNOB_DEFAULTS] + ["status", "error", "time_median_ms", "tensor_footprint_mib", "peak_allocated_mib"]
 

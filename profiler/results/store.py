@@ -160,6 +160,22 @@ def _checked_keys(path: Path, frame: pd.DataFrame, rows: list[int]) -> pd.DataFr
     return frame
 
 
+def read_many(paths: list[Path]) -> pd.DataFrame:
+    """The rows of several results files as one table. A point in two files must be the same row
+    (the same file given twice); two different measurements of one point are a ResultsFileError."""
+    frames = [read_results(path).assign(_source=str(path)) for path in paths]
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    frame = frame.drop_duplicates(subset=[c for c in frame.columns if c != "_source"])
+    repeated = frame[frame.duplicated(subset=KEY_COLUMNS, keep=False)]
+    if len(repeated):
+        keys = repeated[KEY_COLUMNS].astype(str)
+        same = repeated[(keys == keys.iloc[0]).all(axis=1)]
+        point = ", ".join(f"{c}={v}" for c, v in keys.iloc[0].items())
+        raise ResultsFileError(f"results files {' and '.join(dict.fromkeys(same['_source']))} both hold {point} with "
+                               f"different values ({len(repeated)} rows in conflict); give files of different points")
+    return frame.drop(columns="_source").reset_index(drop=True)
+
+
 # The options a run records that a resume reads back, and what each must be.
 _RECORDED_OPTIONS = {
     "models": ("a list of names", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
@@ -168,6 +184,7 @@ _RECORDED_OPTIONS = {
     "modes": ("a list of names", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
     "attention": ("a list of names", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
     "dtypes": ("a list of names", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    "executions": ("a list of names", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
     "batch_size": ("a positive integer", lambda v: _is_int(v) and v > 0),
     "seed": ("an integer", lambda v: _is_int(v)),
     "profile": ("a name or a name per model", lambda v: isinstance(v, (str, dict))),

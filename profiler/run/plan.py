@@ -1,8 +1,8 @@
 """The plan of a sweep: which points, in which order."""
 import itertools
 
-from models.registry import get_spec
 from profiler.results.schema import NO_ATTENTION, PointSpec
+from profiler.run.plugins import resolve_spec
 
 
 def plan_points(
@@ -19,11 +19,12 @@ def plan_points(
 ) -> list[PointSpec]:
     """Every combination, grouped by model variant and mode, ascending length within a series.
 
-    ``profile=None`` gives each model its own default profile (the one its paper's costs use).
+    ``models`` are registry names or plug-in references (profiler.run.plugins). ``profile=None``
+    gives each model its own default profile (the one its paper's costs use).
     """
     points = []
     for model in models:
-        spec = get_spec(model)
+        spec = resolve_spec(model)
         variants = attentions if spec.has_attention_backend else [NO_ATTENTION]
         for attention in variants:
             for dtype, execution in itertools.product(dtypes, executions):

@@ -2,8 +2,9 @@
 
 Points of one model variant share a worker (a fresh process with its own CUDA context) until a
 point ends in anything but ``ok``; then the worker is retired and the next point gets a fresh one.
-After an OOM, the longer lengths of that series are recorded as skipped. A stop request (Ctrl-C,
-SIGTERM, SIGHUP) takes effect between points, so the point in flight is kept.
+After an OOM, the longer lengths of that series are recorded as skipped, as are the points of a mode
+a model cannot run (infer without predict, for a plug-in). A stop request (Ctrl-C, SIGTERM, SIGHUP)
+takes effect between points, so the point in flight is kept.
 """
 import datetime
 import multiprocessing
@@ -15,9 +16,9 @@ from multiprocessing import resource_tracker
 from typing import Callable
 
 from models.profiles import get_profile
-from models.registry import get_spec
 from profiler.results.schema import PointSpec, SeriesKey, oom_note
 from profiler.results.store import ResultsStore
+from profiler.run.plugins import plugin_columns, resolve_spec, unsupported
 from profiler.run.worker import WORKER_HELD_SIGNALS, worker_main
 from profiler.trackers.timing import MeasurementBudget
 
@@ -165,7 +166,10 @@ class SweepRunner:
                 if self.stop_requested:
                     break
                 self.events.on_start(index, len(points), point)
-                if point.series in oom_at and point.seq_len > oom_at[point.series]:
+                reason = unsupported(resolve_spec(point.model), point.mode)
+                if reason is not None:
+                    row = self._row(point, {"status": "skipped", "error": reason}, 0.0)
+                elif point.series in oom_at and point.seq_len > oom_at[point.series]:
                     row = self._row(point, {"status": "skipped", "error": oom_note(oom_at[point.series])}, 0.0)
                 else:
                     row = self._measure(point)
@@ -237,11 +241,12 @@ class SweepRunner:
         self._worker, self._worker_group = None, None
 
     def _row(self, point: PointSpec, record: dict, wall_s: float) -> dict:
-        spec = get_spec(point.model)
+        spec = resolve_spec(point.model)
         profile = get_profile(point.profile)
         row = point.as_dict()
         row.update(
             family=spec.family,
+            **plugin_columns(spec),
             device_name=self.device_name,
             num_items=profile.num_items,
             item_feature_dim=profile.item_feature_dim,

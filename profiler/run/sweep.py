@@ -1,16 +1,17 @@
 """A sweep from the user's choices to stored results: defaults per device, validation, the run."""
 import datetime
 import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.base import ATTENTION_BACKENDS
 from models.profiles import get_profile
-from models.registry import REGISTRY, get_spec
 from profiler.results.files import timestamped_path
 from profiler.results.schema import MODES, PointSpec
 from profiler.results.store import ResultsStore
 from profiler.run.plan import plan_points
+from profiler.run.plugins import check_unchanged, resolve_spec
 from profiler.run.precision import DTYPES
 from profiler.run.runner import RunnerOptions, SweepEvents, SweepRunner
 from profiler.trackers.environment import collect_environment
@@ -96,7 +97,7 @@ class SweepRequest:
             if unknown:
                 raise ValueError(f"unknown {what} {unknown[0]!r}; choose from {', '.join(choices)}")
         for model in self.models:
-            spec = get_spec(model)
+            spec = resolve_spec(model)
             limit = spec.max_len_limit
             if limit is not None and max(self.lengths) > limit:
                 raise ValueError(f"model {model!r} supports lengths up to {limit}; got {max(self.lengths)}")
@@ -118,7 +119,13 @@ def default_results_path() -> Path:
 
 
 def open_store(request: SweepRequest) -> ResultsStore:
-    return ResultsStore.resume(request.out) if request.resume else ResultsStore.create(request.out)
+    """The request's results, new or resumed; resuming refuses a plug-in whose file changed since its
+    rows were measured (a ValueError), before anything is written."""
+    if not request.resume:
+        return ResultsStore.create(request.out)
+    store = ResultsStore.resume(request.out)
+    check_unchanged(store.frame, request.models)
+    return store
 
 
 def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -> tuple[list[dict], int | None]:
@@ -135,7 +142,10 @@ def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -
         if runner is not None:
             runner.request_stop()
 
-    previous = {signum: signal.signal(signum, stop_after_this_point) for signum in STOP_SIGNALS}
+    # Only the main thread may handle signals; a sweep started from another thread (a notebook's
+    # worker thread) stops when the thread's caller interrupts it.
+    handling = threading.current_thread() is threading.main_thread()
+    previous = {signum: signal.signal(signum, stop_after_this_point) for signum in STOP_SIGNALS} if handling else {}
     try:
         environment = collect_environment(request.device)
         runner = SweepRunner(
@@ -160,7 +170,7 @@ def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -
                 "executions": request.executions,
                 "threads": request.threads,
                 "batch_size": request.batch_size,
-                "profile": request.profile or {m: REGISTRY[m].default_profile for m in request.models},
+                "profile": request.profile or {m: resolve_spec(m).default_profile for m in request.models},
                 "seed": request.seed,
                 "budget": request.budget.__dict__,
                 "points_planned": len(points),

@@ -13,8 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.base import count_parameters
 from models.profiles import get_profile
-from models.registry import get_spec
 from profiler.results.schema import NO_ATTENTION
+from profiler.run.plugins import resolve_spec
 from profiler.run.precision import cast_for, forward_context
 from profiler.trackers.footprint import TensorFootprint, inference_footprint, train_step_footprint
 
@@ -50,7 +50,7 @@ def build_workload(
         raise ValueError(f"Unknown execution {execution!r}; choose from {list(EXECUTIONS)}")
     if execution == "cuda-graphs" and device != "cuda":
         raise ValueError("CUDA graphs need a CUDA device")
-    spec = get_spec(model_name)
+    spec = resolve_spec(model_name)
     backend = None if attention in (None, NO_ATTENTION) else attention
     config = spec.build_config(get_profile(profile), seq_len, backend)
     torch.manual_seed(seed)
