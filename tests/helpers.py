@@ -26,7 +26,7 @@ def store_points(path, lengths) -> None:
         for length in lengths:
             row = dict.fromkeys(COLUMNS)
             row.update(model="sasrec", family="attention", attention="naive", profile="tiny", mode="train",
-                       batch_size=4, seq_len=length, device="cpu", dtype="float32", seed=0, device_name="cpu",
+                       batch_size=4, seq_len=length, device="cpu", dtype="float32", execution="eager", seed=0, device_name="cpu",
                        status="ok", time_median_ms=1.0 + length / 100, tensor_footprint_mib=2.0 + length / 10)
             store.append(row)
         store.finish_run(points_measured=len(lengths), interrupted=False)
@@ -60,7 +60,7 @@ def synthetic_results(
         for length in lengths:
             row = dict.fromkeys(COLUMNS)
             row.update(model=model, family=family, attention=attention, profile=profile, mode="train",
-                       batch_size=batch_size, seq_len=length, device="cuda", dtype="float32", seed=0,
+                       batch_size=batch_size, seq_len=length, device="cuda", dtype="float32", execution="eager", seed=0,
                        device_name="Test GPU 80GB")
             if stopped:
                 row.update(status="skipped", error="skipped: an earlier length ran out of memory")

@@ -22,7 +22,7 @@ def test_sweep_takes_classes_and_names_and_returns_the_rows(tmp_path):
     assert set(frame["model"]) == {"plugins.my_gru:GRURec", "convrec-light"}  # the class by its module
     assert set(frame.loc[frame["model"] == "plugins.my_gru:GRURec", "family"]) == {"recurrent"}
     assert read_results(out)[["model", "mode", "seq_len"]].equals(frame[["model", "mode", "seq_len"]])
-    assert (tmp_path / "mine.meta.json").exists()
+    assert (tmp_path / "mine.csv.meta.json").exists()
     again = api.sweep([GRURec, "convrec-light"], [8, 16, 24], mode="both", out=out, resume=True, **FAST)
     assert len(again) == 12 and sorted(set(again["seq_len"])) == [8, 16, 24]
 

@@ -223,9 +223,9 @@ def test_resume_refuses_a_plugin_that_changed_and_keeps_the_file(tmp_path, capsy
     out = tmp_path / "r.csv"
     first = runner.invoke(app, ["sweep", "--models", f"{path}:Tiny", "--lengths", "8", "--out", str(out), *FAST_FLAGS])
     assert first.exit_code == 0, first.output
-    kept, kept_meta = out.read_text(), (tmp_path / "r.meta.json").read_text()
+    kept, kept_meta = out.read_text(), (tmp_path / "r.csv.meta.json").read_text()
     path.write_text(path.read_text() + "\n# a change\n")
     line = one_line_error(capsys, "sweep", "--out", str(out), "--resume", "--lengths", "8,16", *FAST_FLAGS)
     assert "plug-in model.py:Tiny changed since its rows were measured" in line
-    assert out.read_text() == kept and (tmp_path / "r.meta.json").read_text() == kept_meta
+    assert out.read_text() == kept and (tmp_path / "r.csv.meta.json").read_text() == kept_meta
     assert pd.read_csv(out)["plugin_sha256"].iloc[0] != file_sha256(path)
