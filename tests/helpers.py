@@ -102,3 +102,19 @@ def top1_hit_rate(model, batch) -> float:
     with torch.no_grad():
         scores = model.predict(batch)
     return (scores.argmax(dim=1) == 0).float().mean().item()
+
+
+def successor_walk(batch: dict, num_items: int, generator) -> dict:
+    """``batch`` with histories walking a cycle over the items (the next item is the previous one
+    + 1), its padding kept, and candidates whose column 0 is the true next item."""
+    batch_size, seq_len = batch["seq"].shape
+    real = batch["seq"] != 0
+    start = torch.randint(0, num_items, (batch_size, 1), generator=generator)
+    walk = (start + torch.arange(seq_len + 1)) % num_items + 1  # (B, L + 1)
+    negatives = walk[:, -1:] + torch.randint(1, num_items, (batch_size, 9), generator=generator) - 1
+    return dict(
+        batch,
+        seq=walk[:, :-1] * real,
+        pos=walk[:, 1:] * real,
+        candidates=torch.cat([walk[:, -1:], negatives % num_items + 1], dim=1),  # distinct from the positive
+    )
