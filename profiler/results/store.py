@@ -2,7 +2,7 @@
 
 Every write replaces the file atomically (write a temporary file beside it, fsync, rename), so a
 sweep killed at any moment leaves either the previous file or the new one, never half a row. A lock
-file keeps two sweeps from writing the same results at once.
+file keeps two sweeps from writing the same results at once; it is removed when the sweep ends.
 """
 import fcntl
 import json
@@ -98,17 +98,32 @@ class ResultsStore:
                 raise ResultsFileError(f"metadata file {meta_path} is corrupted: {exc.msg}") from None
         return cls(path, frame, metadata)
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
     def __enter__(self) -> "ResultsStore":
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        self._lock_handle = open(lock_path, "w")
-        try:
-            fcntl.flock(self._lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_handle.close()
-            raise ResultsFileError(f"results file {self.path} is in use by another sweep") from None
+        while True:
+            handle = open(self.lock_path, "w")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                raise ResultsFileError(f"results file {self.path} is in use by another sweep") from None
+            # The holder before us removes the lock file as it leaves: a lock taken on a file that
+            # is no longer at the path guards nothing, so take the one there now.
+            try:
+                if os.stat(self.lock_path).st_ino == os.fstat(handle.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            handle.close()
+        self._lock_handle = handle
         return self
 
     def __exit__(self, *exc) -> None:
+        # Removed while still held, so no other sweep can take a lock on the file being removed.
+        self.lock_path.unlink(missing_ok=True)
         fcntl.flock(self._lock_handle, fcntl.LOCK_UN)
         self._lock_handle.close()
 
