@@ -185,7 +185,13 @@ def test_cpu_results_are_labelled_not_comparable(tmp_path):
     assert any("NOT comparable" in note for note in memory.notes)
     # Ratios go to the shortest measured length when L=50 was not measured.
     assert "SASRec measured / L=16" in memory.columns
-    assert "measured on the CPU" in reproduce_figure(SETUPS["lightconv"], selection)._suptitle.get_text()
+    figure = reproduce_figure(SETUPS["lightconv"], selection)
+    assert "measured on the CPU" in figure._suptitle.get_text()
+    # Only shapes compare: measured and published are both drawn as growth from their first length.
+    (ax,) = figure.axes
+    assert "÷ its value at the shortest length" in ax.get_ylabel() and "GiB" not in ax.get_ylabel()
+    paper = next(c for c in ax.containers if c.get_label() == "ConvRec paper")
+    assert [bar.get_height() for bar in paper] == pytest.approx([1.0, 1.3 / 0.9, 2.8 / 0.9, 4.0 / 0.9, 7.0 / 0.9])
 
 
 def test_missing_model_is_a_clear_error(results):
