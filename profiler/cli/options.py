@@ -10,13 +10,44 @@ import typer
 
 from models.base import ATTENTION_BACKENDS
 from models.profiles import PROFILES
+from models.registry import REGISTRY
 from profiler.results.schema import MODES
 from profiler.run.plugins import model_name
 from profiler.run.precision import DTYPES
+from profiler.run.sweep import CPU_DEFAULTS, GPU_DEFAULTS
 from profiler.run.workload import EXECUTIONS
 
 DEVICES = ("auto", "cuda", "cpu")
 MODE_CHOICES = ("train", "infer", "both")
+
+# What --help lists, from the registries themselves.
+MODEL_NAMES = ", ".join(REGISTRY)
+PROFILE_NAMES = ", ".join(PROFILES)
+
+
+def length_list(lengths) -> str:
+    """50,100,...,900 as '50..900 step 100'; other lists as they are."""
+    steps = {b - a for a, b in zip(lengths, lengths[1:])}
+    if len(lengths) > 3 and len(steps) == 1:
+        return f"{lengths[0]}..{lengths[-1]} step {steps.pop()}"
+    return ",".join(map(str, lengths))
+
+
+def per_device(field: str, show=str) -> str:
+    """A default that depends on the device, as --help shows it: 'GPU 128; CPU 4'."""
+    return f"GPU {show(getattr(GPU_DEFAULTS, field))}; CPU {show(getattr(CPU_DEFAULTS, field))}"
+
+
+def per_device_budget(field: str) -> str:
+    return f"GPU {getattr(GPU_DEFAULTS.budget, field):g}; CPU {getattr(CPU_DEFAULTS.budget, field):g}"
+
+
+def modes_text(modes) -> str:
+    return "both" if set(modes) == set(MODES) else ",".join(modes)
+
+
+def profile_text(profile) -> str:
+    return profile or "each model's own"
 
 
 def _items(value: str, what: str) -> list[str]:

@@ -11,7 +11,7 @@ import typer
 
 from models.registry import REGISTRY
 from profiler.cli import options
-from profiler.cli.common import PLOTS_DIR, console, draw_figures, fail, out
+from profiler.cli.common import console, draw_figures, fail, out, plots_dir_for
 from profiler.present.display import SweepProgress, summary_table
 from profiler.results.store import ResultsFileError, ResultsStore
 from profiler.run.plugins import check_unchanged
@@ -20,30 +20,76 @@ from profiler.run.sweep import SweepRequest, default_results_path, defaults_for,
 from profiler.trackers.environment import resolve_device
 
 
+CPU_NOTICE = ("[bold yellow]Running on the CPU[/] (no CUDA GPU in use): times are CPU times, GPU memory columns "
+              "stay empty; the tensor footprint (device-independent) shows how memory scales.")
+
+
 def sweep(
-    lengths: Annotated[Optional[str], typer.Option(callback=options.parse_lengths, help="Sequence lengths, e.g. 50,200,500 [GPU: 50..900 step 100; CPU: 25,50,100].")] = None,
-    models: Annotated[Optional[str], typer.Option(callback=options.parse_models, help="Models, comma-separated [all].")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(parser=options.integer(1, options.MAX_BATCH_SIZE), help="Batch size [GPU: 128; CPU: 8].")] = None,
-    mode: Annotated[Optional[str], typer.Option(callback=options.parse_mode, help="train, infer or both [GPU: both; CPU: train].")] = None,
-    device: Annotated[str, typer.Option(callback=options.parse_device, help="auto, cuda or cpu; auto picks CUDA when present.")] = "auto",
-    attention: Annotated[Optional[str], typer.Option(callback=options.parse_attention, help="Attention backends of attention models: naive (materialised, as the authors), sdpa (fused), or naive,sdpa [GPU: naive,sdpa; CPU: naive].")] = None,
-    profile: Annotated[Optional[str], typer.Option(callback=options.parse_profile, help="Dataset profile for every model [each model's own].")] = None,
-    out_path: Annotated[Optional[Path], typer.Option("--out", help="Results CSV [results/sweep-<time>.csv].")] = None,
+    lengths: Annotated[Optional[str], typer.Option(
+        callback=options.parse_lengths, metavar="L,L,...", show_default=options.per_device("lengths", options.length_list),
+        help="Sequence lengths, comma-separated, e.g. 50,200,500.")] = None,
+    models: Annotated[Optional[str], typer.Option(
+        callback=options.parse_models, metavar="NAME,...", show_default="all",
+        help=f"Models, comma-separated: {options.MODEL_NAMES}.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        parser=options.integer(1, options.MAX_BATCH_SIZE), metavar="N", show_default=options.per_device("batch_size"), help="Batch size.")] = None,
+    mode: Annotated[Optional[str], typer.Option(
+        callback=options.parse_mode, metavar="MODE", show_default=options.per_device("modes", options.modes_text),
+        help="train (zero_grad, forward, backward, optimizer step), infer (predict) or both.")] = None,
+    device: Annotated[str, typer.Option(
+        callback=options.parse_device, metavar="DEVICE",
+        help="auto, cuda or cpu; auto takes the GPU when there is one.")] = "auto",
+    attention: Annotated[Optional[str], typer.Option(
+        callback=options.parse_attention, metavar="BACKEND,...", show_default=options.per_device("attentions", ",".join),
+        help="Attention backends of the attention models: naive (materialised, as the authors' code) and/or "
+        "sdpa (fused scaled_dot_product_attention).")] = None,
+    profile: Annotated[Optional[str], typer.Option(
+        callback=options.parse_profile, metavar="NAME", show_default=options.per_device("profile", options.profile_text),
+        help=f"Dataset profile (item count, feature width) for every model: {options.PROFILE_NAMES}.")] = None,
+    out_path: Annotated[Optional[Path], typer.Option(
+        "--out", metavar="CSV", show_default="results/sweep-<time>.csv", help="Results file.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue --out, measuring only the missing points.")] = False,
-    dtype: Annotated[Optional[str], typer.Option(callback=options.parse_dtypes, help="Arithmetic, comma-separated: float32 (full fp32 for convolutions and matrix products), tf32 (TF32 tensor cores for both), bf16 (bfloat16 weights and activations), amp-bf16 (fp32 weights under bfloat16 autocast) [float32].")] = None,
-    execution: Annotated[Optional[str], typer.Option(callback=options.parse_executions, help="How the step runs, comma-separated: eager, compile (torch.compile; compile time recorded apart, never in a step), cuda-graphs (the step captured once and replayed) [eager].")] = None,
-    target_ci: Annotated[Optional[float], typer.Option(parser=options.number(0.0, 1.0), help="Stop repeating once the median's 95% interval is within this fraction of it [GPU 0.01, CPU 0.02].")] = None,
-    time_budget_s: Annotated[Optional[float], typer.Option(parser=options.number(0.0), help="Most timed seconds per point, whatever the interval [GPU 1.0, CPU 0.5].")] = None,
-    min_reps: Annotated[Optional[int], typer.Option(parser=options.integer(1, options.MAX_REPS), help="Fewest timed repetitions per point [GPU 3, CPU 5].")] = None,
-    max_reps: Annotated[Optional[int], typer.Option(parser=options.integer(1, options.MAX_REPS), help="Most timed repetitions per point [GPU 200, CPU 40].")] = None,
-    warmup: Annotated[Optional[int], typer.Option(parser=options.integer(1, options.MAX_WARMUP_STEPS), help="Fewest warm-up steps; more run until the step time settles [GPU 2, CPU 2].")] = None,
-    max_warmup: Annotated[Optional[int], typer.Option(parser=options.integer(1, options.MAX_WARMUP_STEPS), help="Most warm-up steps [GPU 10, CPU 6].")] = None,
-    threads: Annotated[Optional[int], typer.Option(parser=options.integer(1, options.MAX_THREADS), help="torch threads of a worker [GPU 1, CPU 2].")] = None,
-    point_timeout_s: Annotated[float, typer.Option(parser=options.number(1.0), help="A point (or a worker's start) running longer is recorded as an error.")] = 900.0,
-    seed: Annotated[int, typer.Option(parser=options.integer(0, options.MAX_SEED), help="Seed of initialisation and synthetic batches.")] = 0,
-    fresh_worker_per_point: Annotated[bool, typer.Option(help="A new worker process for every point (default: one per model variant).")] = False,
-    pin_cpu: Annotated[bool, typer.Option(help="On CUDA, pin the worker to one CPU core: steadier times for launch-bound steps.")] = True,
-    plot: Annotated[bool, typer.Option(help="At the end, draw memory and time vs length into plots/.")] = True,
+    dtype: Annotated[Optional[str], typer.Option(
+        callback=options.parse_dtypes, metavar="DTYPE,...", show_default="float32",
+        help="Arithmetic, comma-separated: float32 (full fp32, TF32 off), tf32 (TF32 tensor cores for "
+        "convolutions and matrix products), bf16 (bfloat16 weights and activations), amp-bf16 (fp32 weights "
+        "under bfloat16 autocast).")] = None,
+    execution: Annotated[Optional[str], typer.Option(
+        callback=options.parse_executions, metavar="EXECUTION,...", show_default="eager",
+        help="How the step runs, comma-separated: eager, compile (torch.compile; compile time recorded "
+        "apart, never in a step), cuda-graphs (the step captured once and replayed).")] = None,
+    target_ci: Annotated[Optional[float], typer.Option(
+        parser=options.number(0.0, 1.0), metavar="FRACTION", show_default=options.per_device_budget("target_ci"),
+        help="Stop repeating once the median's 95% interval is within this fraction of it.")] = None,
+    time_budget_s: Annotated[Optional[float], typer.Option(
+        parser=options.number(0.0), metavar="SECONDS", show_default=options.per_device_budget("time_budget_s"),
+        help="Most timed seconds per point, whatever the interval.")] = None,
+    min_reps: Annotated[Optional[int], typer.Option(
+        parser=options.integer(1, options.MAX_REPS), metavar="N", show_default=options.per_device_budget("min_reps"),
+        help="Fewest timed repetitions per point.")] = None,
+    max_reps: Annotated[Optional[int], typer.Option(
+        parser=options.integer(1, options.MAX_REPS), metavar="N", show_default=options.per_device_budget("max_reps"),
+        help="Most timed repetitions per point.")] = None,
+    warmup: Annotated[Optional[int], typer.Option(
+        parser=options.integer(1, options.MAX_WARMUP_STEPS), metavar="N", show_default=options.per_device_budget("warmup_steps"),
+        help="Fewest warm-up steps; more run until the step time settles.")] = None,
+    max_warmup: Annotated[Optional[int], typer.Option(
+        parser=options.integer(1, options.MAX_WARMUP_STEPS), metavar="N", show_default=options.per_device_budget("max_warmup_steps"),
+        help="Most warm-up steps.")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        parser=options.integer(1, options.MAX_THREADS), metavar="N", show_default=options.per_device("threads"), help="torch threads of a worker.")] = None,
+    point_timeout_s: Annotated[float, typer.Option(
+        parser=options.number(1.0), metavar="SECONDS",
+        help="A point (or a worker's start) running longer is recorded as an error.")] = 900.0,
+    seed: Annotated[int, typer.Option(parser=options.integer(0, options.MAX_SEED), metavar="N", help="Seed of initialisation and synthetic batches.")] = 0,
+    fresh_worker_per_point: Annotated[bool, typer.Option(
+        help="A new worker process for every point, instead of one per model variant.")] = False,
+    pin_cpu: Annotated[bool, typer.Option(
+        help="On CUDA, pin the worker to one CPU core: steadier times for launch-bound steps.")] = True,
+    plot: Annotated[bool, typer.Option(help="At the end, draw memory and time vs length.")] = True,
+    plots_dir: Annotated[Optional[Path], typer.Option(
+        metavar="DIR", show_default="<results file without .csv>-plots/, beside it",
+        help="Folder for the figures (PNG and SVG).")] = None,
 ) -> None:
     """Measure memory and time per step over a grid of models and lengths."""
     try:
@@ -79,7 +125,11 @@ def sweep(
                 fail(f"{option} {given} conflicts with {out_path}, measured with {option} {kept}; "
                      "drop it to continue that sweep, or give another --out")
         batch_size = batch_size or recorded.get("batch_size")
-        profile = profile or (recorded.get("profile") if isinstance(recorded.get("profile"), str) else None)
+        if resume:
+            # A resumed sweep keeps its profile: one name, or each model's own (recorded as a mapping).
+            profile = profile or (recorded.get("profile") if isinstance(recorded.get("profile"), str) else None)
+        else:
+            profile = profile or defaults.profile
         seed = recorded.get("seed", seed) if seed == 0 else seed
         request = SweepRequest(
             models=models or list(REGISTRY),
@@ -103,8 +153,7 @@ def sweep(
         )
         store, rows, interrupted, elapsed = measure_with_progress(
             request,
-            cpu_notice="[bold yellow]Running on the CPU[/] (no CUDA GPU in use): times are CPU times, GPU memory "
-            "columns stay empty; the tensor footprint shows how memory scales.",
+            cpu_notice=CPU_NOTICE,
             store=resumed,
         )
     finally:
@@ -115,7 +164,7 @@ def sweep(
         out.print(summary_table(frame, f"seqprof sweep on {frame['device_name'].iloc[-1]}, batch {request.batch_size}"))
     console.print(f"{len(rows)} points measured in {elapsed:.1f} s; results: {request.out}", soft_wrap=True)
     if plot and (frame["status"] == "ok").any():
-        draw_figures(frame, PLOTS_DIR, request.out.stem)
+        draw_figures(frame, plots_dir or plots_dir_for(request.out), request.out.stem)
     if interrupted:
         stop_after_interrupt(request, interrupted)
 
@@ -159,7 +208,8 @@ def measure_with_progress(
             if request.device == "cpu":
                 console.print(cpu_notice)
             started = time.perf_counter()
-            with SweepProgress(console) as progress:
+            width = max((len(point.label) for point in request.plan()), default=0)
+            with SweepProgress(console, width) as progress:
                 rows, interrupted = run_sweep(request, store, SweepEvents(progress.on_start, progress.on_result))
             elapsed = time.perf_counter() - started
     except (ResultsFileError, ValueError) as exc:

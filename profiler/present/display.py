@@ -31,7 +31,10 @@ def describe_row(row: dict) -> str:
         memory = row.get("peak_allocated_mib")
         if memory is None or (isinstance(memory, float) and math.isnan(memory)):
             memory = row["tensor_footprint_mib"]
-        text += f"  {row['time_median_ms']:9.2f} ms  {memory:9.1f} MiB  spread {row['time_spread']:6.1%}"
+        spread = row["time_spread"]
+        # A width that holds every line's columns in place; a spread past 999% reads the same.
+        spread_text = f"{spread:6.1%}" if spread < 9.995 else " >999%"
+        text += f"  {row['time_median_ms']:9.2f} ms  {memory:9.1f} MiB  spread {spread_text}"
         if row.get("wall_median_ms") is not None and row.get("time_clock") != "perf-counter":
             text += f"  wall {row['wall_median_ms']:8.2f} ms"
         text += f" {_marks(row)}"
@@ -41,10 +44,12 @@ def describe_row(row: dict) -> str:
 
 
 class SweepProgress:
-    """A progress bar (points done, elapsed, ETA) with one line per finished point above it."""
+    """A progress bar (points done, elapsed, ETA) with one line per finished point above it; the
+    lines' columns align when ``label_width`` is the longest label of the sweep's points."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, label_width: int = 34):
         self.console = console
+        self.label_width = label_width
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -70,10 +75,16 @@ class SweepProgress:
         self._progress.update(self._task, description=f"measuring {escape(point.label)}")
 
     def on_result(self, index: int, total: int, point: PointSpec, row: dict) -> None:
-        self._progress.console.print(
-            f"[{index + 1:>3}/{total}] {escape(point.label):<34} {describe_row(row)}", soft_wrap=True
-        )
+        # Padded before escaping: rich's escape adds a backslash to "[naive]" that is not printed.
+        counter = f"{index + 1:>{len(str(total))}}/{total}"
+        label = escape(f"{point.label:<{self.label_width}}")
+        self._progress.console.print(f"[{counter}] {label} {describe_row(row)}", soft_wrap=True)
         self._progress.advance(self._task)
+
+
+def _memory_cell(mib: float) -> str:
+    """Whole MiB with separators for a GPU step's sizes (1,081), three digits for the CPU's small ones (5.21)."""
+    return f"{mib:,.0f}" if mib >= 100 else f"{mib:.3g}"
 
 
 def summary_table(frame: pd.DataFrame, title: str) -> Table:
@@ -97,7 +108,7 @@ def summary_table(frame: pd.DataFrame, title: str) -> Table:
             if row is None:
                 cells.append("")
             elif row["status"] == "ok":
-                cells.append(f"{row['time_median_ms']:.2f} / {row[memory]:.0f}{_marks(row)}")
+                cells.append(f"{row['time_median_ms']:.2f} / {_memory_cell(row[memory])}{_marks(row)}")
             else:
                 cells.append(f"[{STATUS_STYLE[row['status']]}]{row['status']}[/]")
         knobs = {"dtype": dtype, "execution": execution}

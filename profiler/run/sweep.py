@@ -30,15 +30,13 @@ class DeviceDefaults:
     attentions: tuple[str, ...]
     budget: MeasurementBudget
     threads: int
+    profile: str | None = None  # None: each model's own paper dataset
 
 
 # The GPU defaults are the papers' grid: lengths 50 to 900, batch 128, training and inference, the
-# authors' materialised attention and the fused one. The CPU defaults keep a full `make sweep` on a
-# two-core machine within a few minutes: shorter lengths, a smaller batch, the training step with
-# the authors' attention, a shorter time cap per point. On a GPU the device time is tight (under
-# 1% at the median), so a 1% interval is reached in a few repetitions; the CPU's clock is the host's,
-# and wider. Threads: one for a GPU worker (it only launches kernels), a fixed count on the CPU so a
-# CPU figure does not depend on the machine's core count.
+# authors' materialised attention and the fused one, each model at its paper's dataset. On a GPU
+# the device time is tight (under 1% at the median), so a 1% interval is reached in a few
+# repetitions. Threads: one for a GPU worker (it only launches kernels).
 GPU_DEFAULTS = DeviceDefaults(
     lengths=(50, 100, 200, 300, 400, 500, 600, 700, 800, 900),
     batch_size=128,
@@ -48,14 +46,27 @@ GPU_DEFAULTS = DeviceDefaults(
                              target_ci=0.01),
     threads=1,
 )
+# The CPU defaults show on a two-core machine, within a few minutes for every model, the scaling
+# the GPU shows in the tensor footprint, which does not depend on the device. At the papers'
+# datasets a small CPU batch is dominated by the embedding tables and optimizer state, so every
+# model reads linear at short lengths (SASRec's footprint slope was 0.16 over L = 25..100 at batch
+# 8); the tiny profile takes the tables out, and from L = 16 to 128 at batch 4 the materialised
+# attention of SASRec, BERT4Rec, TiSASRec and CARCA, CosRec's pair grid and Caser's filters read
+# quadratic, the others linear. CosRec and CosRec+ at L = 128 (about 3 s a step) bound the time: a
+# longer length or a larger batch would double it. ProxyRCA's and HSTU's attention hides behind
+# their linear parts below L = 256 to 512 (tests/bench/recorded.json). The training step with the
+# authors' attention: on the CPU a training step's sdpa has no fused kernel and measures the same.
+# The CPU's clock is the host's, and wider than the GPU's: a 2% interval, a shorter time cap per
+# point, a fixed thread count so a CPU figure does not depend on the machine's core count.
 CPU_DEFAULTS = DeviceDefaults(
-    lengths=(25, 50, 100),
-    batch_size=8,
+    lengths=(16, 32, 64, 128),
+    batch_size=4,
     modes=("train",),
     attentions=("naive",),
     budget=MeasurementBudget(warmup_steps=2, max_warmup_steps=6, min_reps=5, max_reps=40, time_budget_s=0.5,
                              target_ci=0.02),
     threads=2,
+    profile="tiny",
 )
 
 
