@@ -1,10 +1,12 @@
 """Units and how numbers are written: one place, so every table and message agrees.
 
-Memory is in MiB (2**20 bytes) everywhere; times are in ms.
+Memory is in MiB (2**20 bytes) everywhere, written as GiB from 1024 MiB on where a figure or a
+line shows it; times are in ms.
 """
 import math
 
 MIB = 2**20
+MIB_PER_GIB = 1024
 
 
 def format_mib(value: float) -> str:
@@ -29,3 +31,12 @@ def format_fixed(value: float, digits: int) -> str:
     if 0 < abs(value) < 10.0 ** (1 - digits):
         return f"{value:.2g}"
     return f"{value:,.{digits}f}"
+
+
+def format_memory(mib: float) -> str:
+    """A size with its unit: MiB below 1024 MiB, GiB from there on (0.535 MiB, 512 MiB, 1.5 GiB,
+    106 GiB): three significant digits, whole numbers from 100 on."""
+    if not math.isfinite(mib):
+        return "-"
+    value, unit = (mib / MIB_PER_GIB, "GiB") if abs(mib) >= MIB_PER_GIB else (mib, "MiB")
+    return f"{value:,.0f} {unit}" if abs(value) >= 100 else f"{value:.3g} {unit}"

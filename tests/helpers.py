@@ -1,16 +1,36 @@
 """What several test modules build the same way: a measurement budget and CLI flags of a few
-steps, and a synthetic results table of known growth."""
+steps, a synthetic results table of known growth, and a stored results file of a few points."""
 import numpy as np
 import pandas as pd
 import torch
 
 from profiler.results.schema import COLUMNS
+from profiler.results.store import ResultsStore
 from profiler.trackers.timing import MeasurementBudget
 
 TINY_BUDGET = MeasurementBudget(warmup_steps=1, max_warmup_steps=1, time_budget_s=0.01, min_reps=2, max_reps=3)
 # CLI flags giving the same budget, so CLI tests run in seconds.
 FAST_FLAGS = ["--device", "cpu", "--profile", "tiny", "--batch-size", "4", "--warmup", "1", "--max-warmup", "1", "--no-plot",
               "--time-budget-s", "0.01", "--min-reps", "2", "--max-reps", "3"]
+
+# The run FAST_FLAGS with --models sasrec records in a sidecar.
+FAST_RUN = {"models": ["sasrec"], "modes": ["train"], "attention": ["naive"], "dtypes": ["float32"], "batch_size": 4,
+            "profile": "tiny", "seed": 0}
+
+
+def store_points(path, lengths) -> None:
+    """A results file and sidecar as a sweep with FAST_FLAGS and --models sasrec leaves them: one
+    ok row per length (made-up numbers), one recorded run."""
+    with ResultsStore.create(path) as store:
+        store.start_run({**FAST_RUN, "lengths": list(lengths)})
+        for length in lengths:
+            row = dict.fromkeys(COLUMNS)
+            row.update(model="sasrec", family="attention", attention="naive", profile="tiny", mode="train",
+                       batch_size=4, seq_len=length, device="cpu", dtype="float32", execution="eager", seed=0, device_name="cpu",
+                       status="ok", time_median_ms=1.0 + length / 100, tensor_footprint_mib=2.0 + length / 10)
+            store.append(row)
+        store.finish_run(points_measured=len(lengths), interrupted=False)
+
 
 # model -> (family, attention, footprint MiB (L), time ms (L)): the shapes of real models.
 SYNTHETIC_MODELS = {
@@ -40,7 +60,7 @@ def synthetic_results(
         for length in lengths:
             row = dict.fromkeys(COLUMNS)
             row.update(model=model, family=family, attention=attention, profile=profile, mode="train",
-                       batch_size=batch_size, seq_len=length, device="cuda", dtype="float32", seed=0,
+                       batch_size=batch_size, seq_len=length, device="cuda", dtype="float32", execution="eager", seed=0,
                        device_name="Test GPU 80GB")
             if stopped:
                 row.update(status="skipped", error="skipped: an earlier length ran out of memory")
@@ -82,3 +102,19 @@ def top1_hit_rate(model, batch) -> float:
     with torch.no_grad():
         scores = model.predict(batch)
     return (scores.argmax(dim=1) == 0).float().mean().item()
+
+
+def successor_walk(batch: dict, num_items: int, generator) -> dict:
+    """``batch`` with histories walking a cycle over the items (the next item is the previous one
+    + 1), its padding kept, and candidates whose column 0 is the true next item."""
+    batch_size, seq_len = batch["seq"].shape
+    real = batch["seq"] != 0
+    start = torch.randint(0, num_items, (batch_size, 1), generator=generator)
+    walk = (start + torch.arange(seq_len + 1)) % num_items + 1  # (B, L + 1)
+    negatives = walk[:, -1:] + torch.randint(1, num_items, (batch_size, 9), generator=generator) - 1
+    return dict(
+        batch,
+        seq=walk[:, :-1] * real,
+        pos=walk[:, 1:] * real,
+        candidates=torch.cat([walk[:, -1:], negatives % num_items + 1], dim=1),  # distinct from the positive
+    )

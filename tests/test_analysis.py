@@ -93,7 +93,7 @@ def test_growth_verdict_ignores_missing_values_and_needs_two_lengths():
 
 # --- uncertainty and flags ------------------------------------------------------------------
 
-KEY = SeriesKey("m", "none", "beauty", "train", 8, "cuda", "float32")
+KEY = SeriesKey("m", "none", "beauty", "train", 8, "cuda", "float32", "eager")
 
 
 def _samples(means, spread, rng, reps=20):
@@ -204,5 +204,6 @@ def test_cpu_sweep_gives_quadratic_attention_and_linear_convolution_memory(tmp_p
     assert analysis.fit("convrec-light", "train", "tensor_footprint_mib").verdict == "linear"
     assert analysis.fit("sasrec[naive]", "train", "flops_per_step").verdict == "quadratic"
     assert analysis.fit("convrec-light", "train", "flops_per_step").verdict == "linear"
-    drawn = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    drawn = sorted(p.name for p in (tmp_path / "results" / "cpu-plots").iterdir())  # beside the results
     assert "cpu-train-tensor_footprint_mib.png" in drawn and "cpu-train-time_median_ms.svg" in drawn
+    assert not (tmp_path / "plots").exists()

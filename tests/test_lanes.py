@@ -11,7 +11,6 @@ from helpers import FAST_FLAGS, TINY_BUDGET
 from typer.testing import CliRunner
 
 from profiler.cli import app, options
-
 from profiler.results.store import ResultsStore, read_results
 from profiler.run.faults import FAULT_ENV
 from profiler.run.lanes import LaneRunner, gpu_assignment, split_variants

@@ -6,7 +6,7 @@ import pytest
 
 PROFILER = Path(__file__).resolve().parent.parent / "profiler"
 # Bottom to top; a module may import from its own stage or any stage before it.
-STAGES = ["units", "results", "trackers", "run", "analysis", "present", "reproduce", "bench", "cli"]
+STAGES = ["units", "results", "trackers", "run", "analysis", "present", "reproduce", "bench", "api", "cli"]
 
 
 def stage_of(module: str) -> str:

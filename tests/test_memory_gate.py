@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from profiler.bench.memory_gate import FORMAT, BaselineFileError, Entry, MemoryBaseline
+from profiler.bench.storage import gpu_slug, visible_gpu
 
 pytest_plugins = ["pytester"]
 
@@ -133,7 +134,9 @@ def test_options_default_to_the_results_folder_and_a_plain_run_writes_nothing(py
     session(409.3).assert_outcomes(passed=1)
     assert not (pytester.path / "results").exists()
     result = session(409.3, "--memory-baseline-save")
-    result.stdout.fnmatch_lines(["memory gate: saved 1 to *results/benchmarks/memory-baseline.json"])
+    # The folder of the GPU the run sees (cpu/ without one), as `make bench` uses.
+    folder = gpu_slug(visible_gpu() or "cpu")
+    result.stdout.fnmatch_lines([f"memory gate: saved 1 to *results/benchmarks/{folder}/memory-baseline.json"])
     session(409.3, "--memory-baseline-compare").assert_outcomes(passed=1)
 
 

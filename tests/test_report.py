@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from profiler.analysis.table import analyse
 from profiler.cli import app, main
-from profiler.present.report import build_report, markdown_report, to_markdown, verdict_table
+from profiler.present.report import breakdown_table, build_report, markdown_report, to_markdown, verdict_table
 from profiler.reproduce.compare import comparison_tables, select_rows
 from profiler.reproduce.figure import reproduce_figure
 from profiler.reproduce.setups import SETUPS, sweep_request
@@ -117,10 +117,10 @@ def test_bad_results_files_are_one_line_errors(tmp_path, content, problem):
 
 
 def test_convrec_from_the_h100_grid_sets_measured_beside_published(tmp_path):
-    result = runner.invoke(app, ["reproduce", "convrec", "--from-results", str(H100_GRID), "--out-dir", str(tmp_path)])
+    result = runner.invoke(app, ["reproduce", "convrec", "--from-results", str(H100_GRID), "--plots-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "3,878" in result.output and "14,280" in result.output  # the paper's ProxyRCA memory
-    assert "0.0893" in result.output and "0.2020" in result.output  # the paper's times
+    assert "89.3" in result.output and "202.0" in result.output  # the paper's times, in ms
     assert (tmp_path / "reproduce-convrec-h100-grid.png").exists()
     assert (tmp_path / "reproduce-convrec-h100-grid.svg").exists()
 
@@ -136,14 +136,15 @@ def test_comparison_ratios_are_to_the_own_first_length_and_between_models():
     conv = frame[(frame["model"] == "convrec-hier") & (frame["mode"] == "train")].set_index("seq_len")
     cells = dict(zip(memory.columns, rows["500"]))
     assert cells["ProxyRCA measured MiB"] == f"{proxy.loc[500, 'nvml_peak_mib']:,.0f}"
-    assert cells["ProxyRCA paper MB"] == "14,280"
+    assert cells["ProxyRCA paper MiB"] == "14,280"
     assert cells["ProxyRCA peak alloc MiB"] == f"{proxy.loc[500, 'peak_allocated_mib']:,.0f}"
     assert cells["ProxyRCA measured / L=50"] == f"{proxy.loc[500, 'nvml_peak_mib'] / proxy.loc[50, 'nvml_peak_mib']:.2f}"
     assert cells["ProxyRCA paper / L=50"] == f"{14280 / 3878:.2f}"
     assert cells["ProxyRCA / ConvRec measured"] == f"{proxy.loc[500, 'nvml_peak_mib'] / conv.loc[500, 'nvml_peak_mib']:.2f}"
     assert cells["ProxyRCA / ConvRec paper"] == f"{14280 / 6096:.2f}"
     time_cells = dict(zip(time.columns, next(r for r in time.rows if r[0] == "50")))
-    assert time_cells["ConvRec measured s"] == f"{conv.loc[50, 'time_median_ms'] / 1000:,.4f}"
+    assert time_cells["ConvRec measured ms"] == f"{conv.loc[50, 'time_median_ms']:,.1f}"
+    assert time_cells["ConvRec paper ms"] == "76.0"
 
 
 def test_lightconv_with_oom_and_error_rows(tmp_path):
@@ -157,7 +158,7 @@ def test_lightconv_with_oom_and_error_rows(tmp_path):
     assert selection.comparable
     memory, _ = comparison_tables(setup, selection)
     rows = {row[0]: dict(zip(memory.columns, row)) for row in memory.rows}
-    assert rows["900"]["SASRec measured GiB"] == "OOM" and rows["900"]["SASRec paper GB"] == "failed"
+    assert rows["900"]["SASRec measured GiB"] == "OOM" and rows["900"]["SASRec paper GiB"] == "failed"
     assert rows["600"]["ConvRec measured GiB"] == "error"
     assert rows["900"]["SASRec / ConvRec measured"] == ""
     figure = reproduce_figure(setup, selection)
@@ -168,7 +169,7 @@ def test_lightconv_with_oom_and_error_rows(tmp_path):
     assert paper == [0.9, 1.3, 2.8, 4.0, 7.0]
     texts = [t.get_text() for t in ax.texts]
     assert "failed" in texts and "OOM" in texts and "error" in texts
-    result = runner.invoke(app, ["reproduce", "lightconv", "--from-results", str(path), "--out-dir", str(tmp_path)])
+    result = runner.invoke(app, ["reproduce", "lightconv", "--from-results", str(path), "--plots-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "OOM" in result.output and "failed" in result.output
 
@@ -184,7 +185,13 @@ def test_cpu_results_are_labelled_not_comparable(tmp_path):
     assert any("NOT comparable" in note for note in memory.notes)
     # Ratios go to the shortest measured length when L=50 was not measured.
     assert "SASRec measured / L=16" in memory.columns
-    assert "measured on the CPU" in reproduce_figure(SETUPS["lightconv"], selection)._suptitle.get_text()
+    figure = reproduce_figure(SETUPS["lightconv"], selection)
+    assert "measured on the CPU" in figure._suptitle.get_text()
+    # Only shapes compare: measured and published are both drawn as growth from their first length.
+    (ax,) = figure.axes
+    assert "÷ its value at the shortest length" in ax.get_ylabel() and "GiB" not in ax.get_ylabel()
+    paper = next(c for c in ax.containers if c.get_label() == "ConvRec paper")
+    assert [bar.get_height() for bar in paper] == pytest.approx([1.0, 1.3 / 0.9, 2.8 / 0.9, 4.0 / 0.9, 7.0 / 0.9])
 
 
 def test_missing_model_is_a_clear_error(results):
@@ -193,10 +200,18 @@ def test_missing_model_is_a_clear_error(results):
     assert "no train rows of proxyrca, convrec-hier" in result.output
 
 
-def test_reproduce_measures_only_on_a_gpu_unless_asked_for_the_cpu(monkeypatch, capsys):
+def test_reproduce_falls_back_to_a_labelled_cpu_version_without_a_gpu(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    result = runner.invoke(app, ["reproduce", "lightconv"])
-    assert result.exit_code == 2 and "pass --device cpu" in result.output
+    out = tmp_path / "runs" / "light.csv"
+    result = runner.invoke(app, ["reproduce", "lightconv", "--out", str(out), "--lengths", "8,16", "--profile", "tiny",
+                                 "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert "Running on the CPU (no CUDA GPU in use)" in result.output and "NOT comparable" in result.output
+    frame = read_results(out)
+    assert set(frame["device"]) == {"cpu"} and set(frame["status"]) == {"ok"}
+    assert sorted(set(frame["seq_len"])) == [8, 16] and set(frame["model"]) == {"sasrec", "convrec-light"}
+    # The figure beside the results, its title saying what the numbers are.
+    assert (tmp_path / "runs" / "light-plots" / "reproduce-lightconv-light.png").exists()
     result = runner.invoke(app, ["reproduce", "lightconv", "--from-results", "x.csv", "--lengths", "50"])
     assert result.exit_code == 2 and "drop --lengths" in result.output
     assert main(["reproduce", "transformer"]) == 2
@@ -210,7 +225,17 @@ def test_sweep_request_follows_the_paper_on_a_gpu_and_shrinks_on_the_cpu(tmp_pat
     assert (gpu.models, gpu.lengths, gpu.batch_size, gpu.profile, gpu.modes, gpu.attentions) == (
         ["proxyrca", "convrec-hier"], [50, 100, 200, 300, 400, 500], 128, "beauty", ["train"], ["naive"])
     cpu = sweep_request(SETUPS["lightconv"], "cpu", tmp_path / "r.csv", budget)
-    assert (cpu.lengths, cpu.batch_size, cpu.profile) == ([50, 200], 8, "ml-1m")
+    assert (cpu.lengths, cpu.batch_size, cpu.profile) == ([50, 200, 400, 600], 8, "ml-1m")
+    assert sweep_request(SETUPS["convrec"], "cpu", tmp_path / "r.csv", budget).lengths == [50, 100, 200]
     small = sweep_request(SETUPS["lightconv"], "cpu", tmp_path / "r.csv", budget, batch_size=2, lengths=[16, 8], profile="tiny")
     assert (small.lengths, small.batch_size, small.profile) == ([8, 16], 2, "tiny")
     small.validate()
+
+
+def test_the_breakdown_names_each_part_of_the_footprint_and_the_largest():
+    frame = read_results("results/h200-default-run2.csv")
+    table = breakdown_table(analyse(frame, n_boot=0), "train")
+    rows = {row[0]: row for row in table.rows}
+    assert rows["caser"][-1].startswith("optimizer") and rows["sasrec[naive]"][-1].startswith("activations")
+    total = sum(float(v.replace(",", "")) for v in rows["sasrec[sdpa]"][3:8])
+    assert abs(total - float(rows["sasrec[sdpa]"][8].replace(",", ""))) < 0.5

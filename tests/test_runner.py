@@ -1,12 +1,14 @@
 """The runner: failures are results, an OOM ends its series, a dead worker is replaced."""
+import time
+
 import pandas as pd
 import pytest
 from helpers import TINY_BUDGET
 
 from profiler.results.store import ResultsStore, read_results
-from profiler.run.faults import FAULT_ENV
+from profiler.run.faults import FAULT_ENV, START
 from profiler.run.plan import plan_points
-from profiler.run.runner import RunnerOptions, SweepRunner
+from profiler.run.runner import RunnerOptions, SweepRunner, Worker, WorkerDied
 
 
 def run(tmp_path, points, **options):
@@ -58,6 +60,27 @@ def test_a_hanging_point_times_out_as_an_error(tmp_path, monkeypatch):
     rows, _ = run(tmp_path, sasrec_points([8, 12]), point_timeout_s=15.0)
     assert rows[0]["status"] == "error" and "point took longer than 15 s" in rows[0]["error"]
     assert rows[1]["status"] == "ok"
+
+
+def test_a_worker_stuck_while_starting_honours_the_point_time_limit(tmp_path, monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, f"{START}=hang")
+    started = time.monotonic()
+    rows, _ = run(tmp_path, sasrec_points([8]), point_timeout_s=5.0)
+    assert rows[0]["status"] == "error" and rows[0]["error"] == "worker start took longer than 5 s; worker killed"
+    assert time.monotonic() - started < 60  # not the 300 s a start may take when the point limit allows it
+
+
+def test_a_worker_that_died_between_points_is_reported_dead_not_as_a_broken_pipe():
+    worker = Worker("cpu")
+    point = sasrec_points([8])[0]
+    try:
+        assert worker.measure(point, TINY_BUDGET, 60.0)["status"] == "ok"
+        worker.process.kill()  # as the kernel's OOM killer would, while it waits for its next point
+        worker.process.join(10)
+        with pytest.raises(WorkerDied, match="worker died from signal SIGKILL"):
+            worker.measure(point, TINY_BUDGET, 60.0)
+    finally:
+        worker.close()
 
 
 def test_points_of_one_model_share_a_worker_unless_asked_otherwise(tmp_path):

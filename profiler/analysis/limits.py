@@ -11,9 +11,9 @@ from typing import Callable
 
 import numpy as np
 
-from models.registry import get_spec
 from profiler.analysis.fit import evaluate, fit_polynomial
 from profiler.results.schema import PointSpec
+from profiler.run.plugins import resolve_spec
 from profiler.run.runner import Worker, WorkerDied, WorkerTimedOut
 from profiler.run.workload import build_workload, step_costs
 from profiler.trackers.timing import MeasurementBudget
@@ -144,7 +144,7 @@ def dominant_part(parts: dict) -> str:
 
 def model_query(model: str, attention: str | None, mode: str, profile: str | None, vary: str, fixed: int,
                 memory_gib: float, dtype: str) -> LimitQuery:
-    spec = get_spec(model)
+    spec = resolve_spec(model)
     backend = (attention or "sdpa") if spec.has_attention_backend else "none"
     return LimitQuery(model, backend, mode, profile or spec.default_profile, vary, fixed, memory_gib, dtype)
 

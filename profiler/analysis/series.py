@@ -51,7 +51,7 @@ def _text(value, default: str = "") -> str:
 def series_of(frame: pd.DataFrame) -> list[Series]:
     """Splits a results table into series, in the order the variants first appear."""
     frame = frame.copy()
-    for column in ("attention", "profile", "device", "dtype"):
+    for column in ("attention", "profile", "device", "dtype", "execution"):
         frame[column] = frame[column].map(lambda v: _text(v, "?"))
     frame["batch_size"] = frame["batch_size"].astype(int)
     frame["seq_len"] = frame["seq_len"].astype(int)

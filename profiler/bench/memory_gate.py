@@ -21,7 +21,6 @@ from profiler.results.files import atomic_write_text
 from profiler.units import format_mib
 
 FORMAT = "seqprof-memory-baseline/1"
-DEFAULT_BASELINE = Path("results/benchmarks/memory-baseline.json")
 DEFAULT_TOLERANCE_PCT = 10.0
 # The figures the gate compares, and how a message names them. NVML's figure is left out: it
 # includes the CUDA context and library workspaces, which move with the driver, not with the code.

@@ -1,14 +1,19 @@
 """The seqprof command line: a thin typed layer over the pipeline below it.
 
-common (the app, errors) <- sweep, analyse, reproduce, info (the commands, registered here);
+common (the app, errors) <- sweep, analyse, reproduce, limits, info (the commands, registered here);
 ``main`` is the console entry point.
 """
 import sys
 
-import typer
+try:
+    import typer
 
-from profiler.cli import analyse, info, limits, reproduce, sweep
-from profiler.cli.common import app
+    from profiler.cli import analyse, info, limits, reproduce, sweep
+    from profiler.cli.common import app
+except KeyboardInterrupt:
+    # Ctrl-C while torch and pandas load (seconds on a busy machine) is one line, as it is later.
+    print("seqprof: interrupted", file=sys.stderr)
+    raise SystemExit(130) from None
 
 __all__ = ["app", "main"]
 
@@ -16,6 +21,7 @@ __all__ = ["app", "main"]
 app.command("sweep")(sweep.sweep)
 app.command("report")(analyse.report)
 app.command("plot")(analyse.plot_command)
+app.command("compare")(analyse.compare)
 app.command("reproduce")(reproduce.reproduce_command)
 app.command("max-length")(limits.max_length)
 app.command("models")(info.list_models)

@@ -6,7 +6,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from models.registry import REGISTRY, get_spec
+from models.registry import REGISTRY
 from profiler.analysis.limits import (
     CONTEXT_MIB,
     LimitError,
@@ -20,6 +20,7 @@ from profiler.analysis.limits import (
 from profiler.cli import options
 from profiler.cli.common import console, fail, out
 from profiler.results.files import atomic_write_text
+from profiler.run.plugins import resolve_spec
 from profiler.trackers.environment import resolve_device
 
 VARY = {"length": "seq_len", "batch-size": "batch_size"}
@@ -54,7 +55,7 @@ def max_length(
                       + (" (no CUDA GPU here)" if device == "cpu" else ""))
     rows = []
     for model in models or list(REGISTRY):
-        spec = get_spec(model)
+        spec = resolve_spec(model)
         fixed = batch_size if VARY[vary] == "seq_len" else length
         query = model_query(model, attention[0] if attention else None, mode, profile, VARY[vary], fixed, memory_gib,
                             dtype[0] if dtype else "float32")

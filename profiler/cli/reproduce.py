@@ -6,35 +6,51 @@ from typing import Annotated, Optional
 import typer
 
 from profiler.cli import options
-from profiler.cli.common import PLOTS_DIR, console, fail, out, read_or_fail
+from profiler.cli.common import console, fail, out, plots_dir_for, read_or_fail
 from profiler.cli.sweep import measure_with_progress, stop_after_interrupt
+from profiler.reproduce import setups
 from profiler.run.sweep import defaults_for
 from profiler.trackers.environment import resolve_device
 
 
 def _parse_setup(value: str) -> str:
-    from profiler.reproduce.setups import SETUPS
-
-    if value not in SETUPS:
-        raise typer.BadParameter(f"unknown setup {value!r}; choose from {', '.join(SETUPS)}")
+    if value not in setups.SETUPS:
+        raise typer.BadParameter(f"unknown setup {value!r}; choose from {', '.join(setups.SETUPS)}")
     return value
 
 
 def reproduce_command(
-    setup_name: Annotated[str, typer.Argument(metavar="SETUP", callback=_parse_setup, help="convrec (hierarchical ConvRec paper, Fig. 4) or lightconv (lightweight ConvRec paper, Table 5).")],
-    device: Annotated[str, typer.Option(callback=options.parse_device, help="auto or cuda measure the paper's setup on a GPU; cpu runs a small version.")] = "auto",
-    out_path: Annotated[Optional[Path], typer.Option("--out", help="Results CSV (default: results/reproduce-<setup>-<device>-<time>.csv).")] = None,
+    setup_name: Annotated[str, typer.Argument(
+        metavar="SETUP", callback=_parse_setup, show_default=False,
+        help="convrec (hierarchical ConvRec paper, Fig. 4) or lightconv (lightweight ConvRec paper, Table 5).")],
+    device: Annotated[str, typer.Option(
+        callback=options.parse_device, metavar="DEVICE",
+        help="auto, cuda or cpu: the paper's setup on a GPU; on the CPU (auto without a GPU) a small "
+        "version, labelled, whose shapes and ratios compare and absolute numbers do not.")] = "auto",
+    out_path: Annotated[Optional[Path], typer.Option(
+        "--out", metavar="CSV", show_default="results/reproduce-<setup>-<device>-<time>.csv",
+        help="Results file.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue --out, measuring only the missing points.")] = False,
-    from_results: Annotated[Optional[Path], typer.Option(help="Compare and draw from this results file; measure nothing.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Batch size (default: the paper's, 128; CPU: 8).")] = None,
-    lengths: Annotated[Optional[str], typer.Option(callback=options.parse_lengths, help="Lengths, e.g. 50,200 (default: the paper's; CPU: those up to 200).")] = None,
-    profile: Annotated[Optional[str], typer.Option(callback=options.parse_profile, help="Dataset profile (default: the paper's); tiny makes a CPU run quick.")] = None,
-    out_dir: Annotated[Path, typer.Option(help="Folder for the figure.")] = PLOTS_DIR,
+    from_results: Annotated[Optional[Path], typer.Option(
+        metavar="CSV", help="Compare and draw from this results file; measure nothing.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        parser=options.integer(1, options.MAX_BATCH_SIZE), metavar="N", show_default=f"the paper's, 128; CPU {setups.CPU_BATCH_SIZE}",
+        help="Batch size.")] = None,
+    lengths: Annotated[Optional[str], typer.Option(
+        callback=options.parse_lengths, metavar="L,L,...", show_default="the paper's; CPU: those that fit, "
+        + "; ".join(f"{name} {','.join(map(str, setups.cpu_lengths(one)))}" for name, one in setups.SETUPS.items()),
+        help="Lengths, comma-separated.")] = None,
+    profile: Annotated[Optional[str], typer.Option(
+        callback=options.parse_profile, metavar="NAME", show_default="the paper's",
+        help=f"Dataset profile: {options.PROFILE_NAMES}; tiny makes a CPU run quicker.")] = None,
+    plots_dir: Annotated[Optional[Path], typer.Option(
+        metavar="DIR", show_default="<results file without .csv>-plots/, beside it",
+        help="Folder for the figure (PNG and SVG).")] = None,
 ) -> None:
     """Run a paper's efficiency experiment and set the measurements beside its published numbers."""
     from profiler.present.plots import save_figure
     from profiler.present.report import to_rich
-    from profiler.reproduce import compare, figure, setups
+    from profiler.reproduce import compare, figure
 
     setup = setups.get_setup(setup_name)
     if from_results is not None:
@@ -43,15 +59,12 @@ def reproduce_command(
         if measuring:
             fail(f"--from-results compares an existing file and measures nothing; drop {', '.join(measuring)}")
         frame, source = read_or_fail(from_results), from_results
-        interrupted = False
+        interrupted = None
     else:
         try:
             resolved = resolve_device(device)
         except ValueError as exc:
             fail(str(exc))
-        if device == "auto" and resolved == "cpu":
-            fail("no CUDA GPU: reproduce measures the paper's GPU setup; pass --device cpu for a small CPU version "
-                 "(absolute numbers not comparable) or --from-results FILE to compare existing results")
         if resume and out_path is None:
             fail("--resume needs --out, the results file to continue")
         request = setups.sweep_request(
@@ -60,8 +73,9 @@ def reproduce_command(
         )
         store, _, interrupted, _ = measure_with_progress(
             request,
-            cpu_notice="[bold yellow]Running on the CPU[/]: a small version of the paper's setup; absolute "
-            "numbers are NOT comparable with the paper's GPU numbers, only shapes and ratios.",
+            cpu_notice=f"[bold yellow]Running on the CPU[/]{' (no CUDA GPU in use)' if device == 'auto' else ''}: a "
+            f"small version of the paper's setup (batch {request.batch_size}, L {','.join(map(str, request.lengths))}); "
+            "absolute numbers are NOT comparable with the paper's GPU numbers, only shapes and ratios.",
         )
         frame, source = store.frame, request.out
         console.print(f"results: {request.out}", soft_wrap=True)
@@ -73,10 +87,11 @@ def reproduce_command(
     for table in compare.comparison_tables(setup, selection):
         out.print(to_rich(table))
     name = Path(source).stem if Path(source).stem.startswith(f"reproduce-{setup.name}") else f"reproduce-{setup.name}-{Path(source).stem}"
+    out_dir = plots_dir or plots_dir_for(Path(source))
     try:
         paths = save_figure(figure.reproduce_figure(setup, selection), out_dir, name)
     except OSError as exc:
         fail(f"cannot write figures to {out_dir}: {exc.strerror or exc}")
     console.print(f"figure: {', '.join(str(p) for p in paths)}", soft_wrap=True)
     if interrupted:
-        stop_after_interrupt(request)
+        stop_after_interrupt(request, interrupted)

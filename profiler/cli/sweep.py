@@ -1,5 +1,7 @@
 """seqprof sweep: measure a grid of points, with progress, into a results file."""
 import dataclasses
+import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -9,40 +11,98 @@ import typer
 
 from models.registry import REGISTRY
 from profiler.cli import options
-from profiler.cli.common import PLOTS_DIR, console, draw_figures, fail, out
+from profiler.cli.common import console, draw_figures, fail, out, plots_dir_for
 from profiler.present.display import SweepProgress, summary_table
-from profiler.results.store import ResultsFileError, ResultsStore, recorded_run
+from profiler.results.store import ResultsFileError, ResultsStore
+from profiler.run.plugins import check_unchanged
 from profiler.run.runner import SweepEvents
 from profiler.run.sweep import (
-    SweepRequest, default_results_path, defaults_for, open_store, resolve_sweep_device, run_sweep,
+    SweepRequest,
+    default_results_path,
+    defaults_for,
+    open_store,
+    resolve_sweep_device,
+    run_sweep,
 )
+
+CPU_NOTICE = ("[bold yellow]Running on the CPU[/] (no CUDA GPU in use): times are CPU times, GPU memory columns "
+              "stay empty; the tensor footprint (device-independent) shows how memory scales.")
 
 
 def sweep(
-    lengths: Annotated[Optional[str], typer.Option(callback=options.parse_lengths, help="Sequence lengths, e.g. 50,200,500 [GPU: 50..900 step 100; CPU: 25,50,100].")] = None,
-    models: Annotated[Optional[str], typer.Option(callback=options.parse_models, help="Models, comma-separated [all].")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Batch size [GPU: 128; CPU: 8].")] = None,
-    mode: Annotated[Optional[str], typer.Option(callback=options.parse_mode, help="train, infer or both [GPU: both; CPU: train].")] = None,
-    device: Annotated[str, typer.Option(callback=options.parse_device, help="auto, cuda or cpu; auto picks CUDA when present.")] = "auto",
-    attention: Annotated[Optional[str], typer.Option(callback=options.parse_attention, help="Attention backends of attention models: naive (materialised, as the authors), sdpa (fused), or naive,sdpa [GPU: naive,sdpa; CPU: naive].")] = None,
-    profile: Annotated[Optional[str], typer.Option(callback=options.parse_profile, help="Dataset profile for every model [each model's own].")] = None,
-    out_path: Annotated[Optional[Path], typer.Option("--out", help="Results CSV [results/sweep-<time>.csv].")] = None,
+    lengths: Annotated[Optional[str], typer.Option(
+        callback=options.parse_lengths, metavar="L,L,...", show_default=options.per_device("lengths", options.length_list),
+        help="Sequence lengths, comma-separated, e.g. 50,200,500.")] = None,
+    models: Annotated[Optional[str], typer.Option(
+        callback=options.parse_models, metavar="NAME,...", show_default="all",
+        help=f"Models, comma-separated: {options.MODEL_NAMES}.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        parser=options.integer(1, options.MAX_BATCH_SIZE), metavar="N", show_default=options.per_device("batch_size"), help="Batch size.")] = None,
+    mode: Annotated[Optional[str], typer.Option(
+        callback=options.parse_mode, metavar="MODE", show_default=options.per_device("modes", options.modes_text),
+        help="train (zero_grad, forward, backward, optimizer step), infer (predict) or both.")] = None,
+    device: Annotated[str, typer.Option(
+        callback=options.parse_device, metavar="DEVICE",
+        help="auto, cuda or cpu; auto takes the GPU when there is one.")] = "auto",
+    attention: Annotated[Optional[str], typer.Option(
+        callback=options.parse_attention, metavar="BACKEND,...", show_default=options.per_device("attentions", ",".join),
+        help="Attention backends of the attention models: naive (materialised, as the authors' code) and/or "
+        "sdpa (fused scaled_dot_product_attention).")] = None,
+    profile: Annotated[Optional[str], typer.Option(
+        callback=options.parse_profile, metavar="NAME", show_default=options.per_device("profile", options.profile_text),
+        help=f"Dataset profile (item count, feature width) for every model: {options.PROFILE_NAMES}.")] = None,
+    out_path: Annotated[Optional[Path], typer.Option(
+        "--out", metavar="CSV", show_default="results/sweep-<time>.csv", help="Results file.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue --out, measuring only the missing points.")] = False,
-    dtype: Annotated[Optional[str], typer.Option(callback=options.parse_dtypes, help="Arithmetic, comma-separated: float32 (full fp32 for convolutions and matrix products), tf32 (TF32 tensor cores for both), bf16 (bfloat16 weights and activations), amp-bf16 (fp32 weights under bfloat16 autocast) [float32].")] = None,
-    target_ci: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Stop repeating once the median's 95% interval is within this fraction of it [GPU 0.01, CPU 0.02].")] = None,
-    time_budget_s: Annotated[Optional[float], typer.Option(min=0.0, help="Most timed seconds per point, whatever the interval [GPU 1.0, CPU 0.5].")] = None,
-    min_reps: Annotated[Optional[int], typer.Option(min=1, help="Fewest timed repetitions per point [GPU 3, CPU 5].")] = None,
-    max_reps: Annotated[Optional[int], typer.Option(min=1, help="Most timed repetitions per point [GPU 200, CPU 40].")] = None,
-    warmup: Annotated[Optional[int], typer.Option(min=1, help="Fewest warm-up steps; more run until the step time settles [GPU 2, CPU 2].")] = None,
-    max_warmup: Annotated[Optional[int], typer.Option(min=1, help="Most warm-up steps [GPU 10, CPU 6].")] = None,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="torch threads of a worker [GPU 1, CPU 2].")] = None,
-    point_timeout_s: Annotated[float, typer.Option(min=1.0, help="A point running longer is recorded as an error.")] = 900.0,
-    seed: Annotated[int, typer.Option(help="Seed of initialisation and synthetic batches.")] = 0,
-    fresh_worker_per_point: Annotated[bool, typer.Option(help="A new worker process for every point (default: one per model variant).")] = False,
-    pin_cpu: Annotated[bool, typer.Option(help="On CUDA, pin the worker to one CPU core: steadier times for launch-bound steps.")] = True,
-    plot: Annotated[bool, typer.Option(help="At the end, draw memory and time vs length into plots/.")] = True,
-    gpus: Annotated[Optional[str], typer.Option(callback=options.parse_gpus, help="GPUs of this host to spread the points over, one worker each, e.g. 0,1; a model variant stays on one GPU [every visible GPU; an error on the CPU].")] = None,
-    backend: Annotated[str, typer.Option(callback=options.parse_backend, help="local (this host) or ray (a task per model variant on the Ray cluster in RAY_ADDRESS, else a local one; needs the ray extra).")] = "local",
+    dtype: Annotated[Optional[str], typer.Option(
+        callback=options.parse_dtypes, metavar="DTYPE,...", show_default="float32",
+        help="Arithmetic, comma-separated: float32 (full fp32, TF32 off), tf32 (TF32 tensor cores for "
+        "convolutions and matrix products), bf16 (bfloat16 weights and activations), amp-bf16 (fp32 weights "
+        "under bfloat16 autocast).")] = None,
+    execution: Annotated[Optional[str], typer.Option(
+        callback=options.parse_executions, metavar="EXECUTION,...", show_default="eager",
+        help="How the step runs, comma-separated: eager, compile (torch.compile; compile time recorded "
+        "apart, never in a step), cuda-graphs (the step captured once and replayed).")] = None,
+    target_ci: Annotated[Optional[float], typer.Option(
+        parser=options.number(0.0, 1.0), metavar="FRACTION", show_default=options.per_device_budget("target_ci"),
+        help="Stop repeating once the median's 95% interval is within this fraction of it.")] = None,
+    time_budget_s: Annotated[Optional[float], typer.Option(
+        parser=options.number(0.0), metavar="SECONDS", show_default=options.per_device_budget("time_budget_s"),
+        help="Most timed seconds per point, whatever the interval.")] = None,
+    min_reps: Annotated[Optional[int], typer.Option(
+        parser=options.integer(1, options.MAX_REPS), metavar="N", show_default=options.per_device_budget("min_reps"),
+        help="Fewest timed repetitions per point.")] = None,
+    max_reps: Annotated[Optional[int], typer.Option(
+        parser=options.integer(1, options.MAX_REPS), metavar="N", show_default=options.per_device_budget("max_reps"),
+        help="Most timed repetitions per point.")] = None,
+    warmup: Annotated[Optional[int], typer.Option(
+        parser=options.integer(1, options.MAX_WARMUP_STEPS), metavar="N", show_default=options.per_device_budget("warmup_steps"),
+        help="Fewest warm-up steps; more run until the step time settles.")] = None,
+    max_warmup: Annotated[Optional[int], typer.Option(
+        parser=options.integer(1, options.MAX_WARMUP_STEPS), metavar="N", show_default=options.per_device_budget("max_warmup_steps"),
+        help="Most warm-up steps.")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        parser=options.integer(1, options.MAX_THREADS), metavar="N", show_default=options.per_device("threads"), help="torch threads of a worker.")] = None,
+    point_timeout_s: Annotated[float, typer.Option(
+        parser=options.number(1.0), metavar="SECONDS",
+        help="A point (or a worker's start) running longer is recorded as an error.")] = 900.0,
+    seed: Annotated[int, typer.Option(parser=options.integer(0, options.MAX_SEED), metavar="N", help="Seed of initialisation and synthetic batches.")] = 0,
+    fresh_worker_per_point: Annotated[bool, typer.Option(
+        help="A new worker process for every point, instead of one per model variant.")] = False,
+    pin_cpu: Annotated[bool, typer.Option(
+        help="On CUDA, pin the worker to one CPU core: steadier times for launch-bound steps.")] = True,
+    plot: Annotated[bool, typer.Option(help="At the end, draw memory and time vs length.")] = True,
+    plots_dir: Annotated[Optional[Path], typer.Option(
+        metavar="DIR", show_default="<results file without .csv>-plots/, beside it",
+        help="Folder for the figures (PNG and SVG).")] = None,
+    gpus: Annotated[Optional[str], typer.Option(
+        callback=options.parse_gpus, metavar="INDEX,...", show_default="every visible GPU",
+        help="GPUs of this host to spread the points over, one worker each, e.g. 0,1; a model variant "
+        "stays on one GPU. An error on the CPU.")] = None,
+    backend: Annotated[str, typer.Option(
+        callback=options.parse_backend, metavar="BACKEND",
+        help="local (this host) or ray (a task per model variant on the Ray cluster in RAY_ADDRESS, "
+        "else a local one; needs the ray extra).")] = "local",
 ) -> None:
     """Measure memory and time per step over a grid of models and lengths."""
     try:
@@ -59,88 +119,112 @@ def sweep(
         budget = dataclasses.replace(budget, max_warmup_steps=budget.warmup_steps)
     if resume and out_path is None:
         fail("--resume needs --out, the results file to continue")
-    recorded = recorded_options(out_path) if resume else {}
-    # What the file's run used, where the user gives nothing else: a resume continues that sweep.
-    models = models or recorded.get("models")
-    lengths = lengths or recorded.get("lengths")
-    mode = mode or recorded.get("mode")
-    attention = attention or recorded.get("attention")
-    dtype = dtype or recorded.get("dtypes")
-    for option, given, kept in (("--batch-size", batch_size, recorded.get("batch_size")),
-                                ("--profile", profile, recorded.get("profile")),
-                                ("--seed", seed if seed != 0 else None, recorded.get("seed"))):
-        if given is not None and kept is not None and given != kept:
-            fail(f"{option} {given} conflicts with {out_path}, measured with {option} {kept}; "
-                 "drop it to continue that sweep, or give another --out")
-    batch_size = batch_size or recorded.get("batch_size")
-    profile = profile or (recorded.get("profile") if isinstance(recorded.get("profile"), str) else None)
-    seed = recorded.get("seed", seed) if seed == 0 else seed
-    request = SweepRequest(
-        models=models or list(REGISTRY),
-        lengths=lengths or list(defaults.lengths),
-        modes=options.modes_for(mode) if mode else list(defaults.modes),
-        attentions=attention or list(defaults.attentions),
-        batch_size=batch_size or defaults.batch_size,
-        profile=profile,
-        device=resolved_device,
-        seed=seed,
-        budget=budget,
-        out=out_path or default_results_path(),
-        resume=resume,
-        point_timeout_s=point_timeout_s,
-        fresh_worker_per_point=fresh_worker_per_point,
-        pin_cpu=pin_cpu,
-        dtypes=dtype or ["float32"],
-        threads=threads or defaults.threads,
-        argv=sys.argv[1:],
-        gpus=gpus,
-        backend=backend,
-    )
-    store, rows, interrupted, elapsed = measure_with_progress(
-        request,
-        cpu_notice="[bold yellow]Running on the CPU[/] (no CUDA GPU in use): times are CPU times, GPU memory "
-        "columns stay empty; the tensor footprint shows how memory scales.",
-    )
+    # Locked before it is read: the options recorded in its sidecar and its rows are those no
+    # other sweep is changing.
+    resumed = open_or_fail(out_path) if resume else None
+    try:
+        recorded = recorded_options(resumed) if resumed is not None else {}
+        # What the file's run used, where the user gives nothing else: a resume continues that sweep.
+        models = models or recorded.get("models")
+        lengths = lengths or recorded.get("lengths")
+        mode = mode or recorded.get("mode")
+        attention = attention or recorded.get("attention")
+        dtype = dtype or recorded.get("dtypes")
+        execution = execution or recorded.get("executions")
+        for option, given, kept in (("--batch-size", batch_size, recorded.get("batch_size")),
+                                    ("--profile", profile, recorded.get("profile")),
+                                    ("--seed", seed if seed != 0 else None, recorded.get("seed"))):
+            if given is not None and kept is not None and given != kept:
+                fail(f"{option} {given} conflicts with {out_path}, measured with {option} {kept}; "
+                     "drop it to continue that sweep, or give another --out")
+        batch_size = batch_size or recorded.get("batch_size")
+        if resume:
+            # A resumed sweep keeps its profile: one name, or each model's own (recorded as a mapping).
+            profile = profile or (recorded.get("profile") if isinstance(recorded.get("profile"), str) else None)
+        else:
+            profile = profile or defaults.profile
+        seed = recorded.get("seed", seed) if seed == 0 else seed
+        request = SweepRequest(
+            models=models or list(REGISTRY),
+            lengths=lengths or list(defaults.lengths),
+            modes=options.modes_for(mode) if mode else list(defaults.modes),
+            attentions=attention or list(defaults.attentions),
+            batch_size=batch_size or defaults.batch_size,
+            profile=profile,
+            device=resolved_device,
+            seed=seed,
+            budget=budget,
+            out=out_path or default_results_path(),
+            resume=resume,
+            point_timeout_s=point_timeout_s,
+            fresh_worker_per_point=fresh_worker_per_point,
+            pin_cpu=pin_cpu,
+            dtypes=dtype or ["float32"],
+            executions=execution or ["eager"],
+            threads=threads or defaults.threads,
+            argv=sys.argv[1:],
+            gpus=gpus,
+            backend=backend,
+        )
+        store, rows, interrupted, elapsed = measure_with_progress(
+            request,
+            cpu_notice=CPU_NOTICE,
+            store=resumed,
+        )
+    finally:
+        if resumed is not None:
+            resumed.close()
     frame = store.frame
     if len(frame):
         out.print(summary_table(frame, f"seqprof sweep on {frame['device_name'].iloc[-1]}, batch {request.batch_size}"))
     console.print(f"{len(rows)} points measured in {elapsed:.1f} s; results: {request.out}", soft_wrap=True)
     if plot and (frame["status"] == "ok").any():
-        draw_figures(frame, PLOTS_DIR, request.out.stem)
+        draw_figures(frame, plots_dir or plots_dir_for(request.out), request.out.stem)
     if interrupted:
-        stop_after_interrupt(request)
+        stop_after_interrupt(request, interrupted)
 
 
-def recorded_options(out_path: Path) -> dict:
-    """The options of the run recorded beside ``out_path``, in the CLI's terms; a corrupted sidecar
-    is a one-line error."""
+def open_or_fail(path: Path) -> ResultsStore:
+    """The results file at ``path``, locked and read, to resume; a file that cannot be is one line."""
     try:
-        run = recorded_run(out_path)
+        return ResultsStore.resume(path)
     except ResultsFileError as exc:
         fail(str(exc))
+
+
+def recorded_options(store: ResultsStore) -> dict:
+    """The options of the latest run recorded beside the store's file, in the CLI's terms."""
+    run = store.recorded_run()
     if not run:
         return {}
     modes = run.get("modes") or []
     return {
         "models": run.get("models"), "lengths": run.get("lengths"), "attention": run.get("attention"),
-        "dtypes": run.get("dtypes"), "batch_size": run.get("batch_size"), "profile": run.get("profile"),
+        "dtypes": run.get("dtypes"), "executions": run.get("executions"), "batch_size": run.get("batch_size"), "profile": run.get("profile"),
         "seed": run.get("seed"), "mode": "both" if set(modes) == {"train", "infer"} else (modes[0] if modes else None),
     }
 
 
-def measure_with_progress(request: SweepRequest, cpu_notice: str) -> tuple[ResultsStore, list[dict], bool, float]:
-    """Validates the request, opens and locks its results, and runs it with the progress display.
+def measure_with_progress(
+    request: SweepRequest, cpu_notice: str, store: ResultsStore | None = None
+) -> tuple[ResultsStore, list[dict], int | None, float]:
+    """Validates the request, opens and locks its results (unless ``store`` is already open), and
+    runs it with the progress display; the store is closed on return.
 
-    Returns the store, the rows written, whether Ctrl-C stopped it, and the elapsed seconds.
+    Returns the store, the rows written, the signal that stopped it early (or None), and the
+    elapsed seconds.
     """
     try:
         request.validate()
-        store = open_store(request)
+        if store is not None:
+            check_unchanged(store.frame, request.models)  # a plug-in file edited since its rows
+        store = store if store is not None else open_store(request)
         with store:
             if request.device == "cpu":
                 console.print(cpu_notice)
             started = time.perf_counter()
-            with SweepProgress(console) as progress:
+            width = max((len(point.label) for point in request.plan()), default=0)
+            with SweepProgress(console, width) as progress:
                 rows, interrupted = run_sweep(request, store, SweepEvents(progress.on_start, progress.on_result))
             elapsed = time.perf_counter() - started
     except (ResultsFileError, ValueError) as exc:
@@ -148,14 +232,17 @@ def measure_with_progress(request: SweepRequest, cpu_notice: str) -> tuple[Resul
     return store, rows, interrupted, elapsed
 
 
-def stop_after_interrupt(request: SweepRequest) -> None:
-    console.print("[bold]Stopped by Ctrl-C.[/] Every finished point is kept. Resume with:")
-    console.print(resume_command(request.argv, request.out), markup=False, soft_wrap=True)
-    raise typer.Exit(130)
+def stop_after_interrupt(request: SweepRequest, signum: int) -> None:
+    """What a stopped sweep prints last: how it was stopped and the command that continues it."""
+    cause = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    console.print(f"[bold]Stopped by {cause}.[/] Every finished point is kept. Resume with:")
+    console.print(resume_command(request.argv, request.out), markup=False, emoji=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(128 + signum)
 
 
 def resume_command(argv: list[str], results: Path) -> str:
-    """The user's sweep command with --out pointing at ``results`` and --resume added."""
+    """The user's sweep command with --out pointing at ``results`` and --resume added, quoted for
+    a POSIX shell so that it can be pasted as it is."""
     kept, skip_next = [], False
     for arg in argv:
         if skip_next:
@@ -164,4 +251,4 @@ def resume_command(argv: list[str], results: Path) -> str:
             skip_next = True
         elif not (arg.startswith("--out=") or arg == "--resume"):
             kept.append(arg)
-    return " ".join(["seqprof", *kept, "--out", str(results), "--resume"])
+    return shlex.join(["seqprof", *kept, "--out", str(results), "--resume"])

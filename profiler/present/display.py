@@ -7,7 +7,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from profiler.results.schema import DEFAULT_DTYPE, PointSpec, memory_metric, variant_name
+from profiler.results.schema import KNOB_DEFAULTS, PointSpec, memory_metric, variant_name
 
 STATUS_STYLE = {"ok": "green", "oom": "yellow", "skipped": "dim", "error": "red"}
 
@@ -31,7 +31,10 @@ def describe_row(row: dict) -> str:
         memory = row.get("peak_allocated_mib")
         if memory is None or (isinstance(memory, float) and math.isnan(memory)):
             memory = row["tensor_footprint_mib"]
-        text += f"  {row['time_median_ms']:9.2f} ms  {memory:9.1f} MiB  spread {row['time_spread']:6.1%}"
+        spread = row["time_spread"]
+        # A width that holds every line's columns in place; a spread past 999% reads the same.
+        spread_text = f"{spread:6.1%}" if spread < 9.995 else " >999%"
+        text += f"  {row['time_median_ms']:9.2f} ms  {memory:9.1f} MiB  spread {spread_text}"
         if row.get("wall_median_ms") is not None and row.get("time_clock") != "perf-counter":
             text += f"  wall {row['wall_median_ms']:8.2f} ms"
         text += f" {_marks(row)}"
@@ -41,10 +44,12 @@ def describe_row(row: dict) -> str:
 
 
 class SweepProgress:
-    """A progress bar (points done, elapsed, ETA) with one line per finished point above it."""
+    """A progress bar (points done, elapsed, ETA) with one line per finished point above it; the
+    lines' columns align when ``label_width`` is the longest label of the sweep's points."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, label_width: int = 34):
         self.console = console
+        self.label_width = label_width
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -70,10 +75,16 @@ class SweepProgress:
         self._progress.update(self._task, description=f"measuring {escape(point.label)}")
 
     def on_result(self, index: int, total: int, point: PointSpec, row: dict) -> None:
-        self._progress.console.print(
-            f"[{index + 1:>3}/{total}] {escape(point.label):<34} {describe_row(row)}", soft_wrap=True
-        )
+        # Padded before escaping: rich's escape adds a backslash to "[naive]" that is not printed.
+        counter = f"{index + 1:>{len(str(total))}}/{total}"
+        label = escape(f"{point.label:<{self.label_width}}")
+        self._progress.console.print(f"[{counter}] {label} {describe_row(row)}", soft_wrap=True)
         self._progress.advance(self._task)
+
+
+def _memory_cell(mib: float) -> str:
+    """Whole MiB with separators for a GPU step's sizes (1,081), three digits for the CPU's small ones (5.21)."""
+    return f"{mib:,.0f}" if mib >= 100 else f"{mib:.3g}"
 
 
 def summary_table(frame: pd.DataFrame, title: str) -> Table:
@@ -87,7 +98,9 @@ def summary_table(frame: pd.DataFrame, title: str) -> Table:
     table.add_column("mode")
     for length in lengths:
         table.add_column(f"L={length}", justify="right")
-    for (model, attention, dtype, mode), rows in frame.groupby(["model", "attention", "dtype", "mode"], sort=False):
+    for (model, attention, dtype, execution, mode), rows in frame.groupby(
+        ["model", "attention", "dtype", "execution", "mode"], sort=False
+    ):
         by_length = {int(r["seq_len"]): r for _, r in rows.iterrows()}
         cells = []
         for length in lengths:
@@ -95,9 +108,10 @@ def summary_table(frame: pd.DataFrame, title: str) -> Table:
             if row is None:
                 cells.append("")
             elif row["status"] == "ok":
-                cells.append(f"{row['time_median_ms']:.2f} / {row[memory]:.0f}{_marks(row)}")
+                cells.append(f"{row['time_median_ms']:.2f} / {_memory_cell(row[memory])}{_marks(row)}")
             else:
                 cells.append(f"[{STATUS_STYLE[row['status']]}]{row['status']}[/]")
-        name = variant_name(model, attention) + ("" if dtype == DEFAULT_DTYPE else f" {dtype}")
+        knobs = {"dtype": dtype, "execution": execution}
+        name = variant_name(model, attention) + "".join(f" {v}" for k, v in knobs.items() if v != KNOB_DEFAULTS[k])
         table.add_row(escape(name), mode, *cells)
     return table

@@ -12,7 +12,7 @@ from profiler.analysis.curves import CurveFit
 from profiler.analysis.fit import TERM_NAMES
 from profiler.analysis.table import Analysis, achieved_tflops
 from profiler.results.schema import METRIC_LABELS, METRICS, PANEL_FIELDS, oom_note
-from profiler.units import format_significant
+from profiler.units import format_fixed, format_significant
 
 # Short metric names for column headers.
 METRIC_SHORT = {
@@ -37,7 +37,7 @@ class ReportTable:
 
 def _panel_text(panel: tuple) -> str:
     values = dict(zip(PANEL_FIELDS, panel))
-    return f"{values['mode']}, batch {values['batch_size']}, {values['device']}, {values['dtype']}"
+    return f"{values['mode']}, batch {values['batch_size']}, {values['device']}, {values['dtype']}, {values['execution']}"
 
 
 def _verdict_cell(fit: CurveFit) -> str:
@@ -158,6 +158,34 @@ def crossover_table(analysis: Analysis, mode: str | None = None, cross_family_on
     return table
 
 
+BREAKDOWN_PARTS = {"params_mib": "params", "grads_mib": "grads", "optimizer_state_mib": "optimizer",
+                   "inputs_mib": "inputs", "activations_mib": "activations"}
+
+
+def breakdown_table(analysis: Analysis, mode: str | None = None) -> ReportTable:
+    """The tensor footprint's parts at each variant's longest measured length, and the largest."""
+    table = ReportTable(
+        title="Memory breakdown at the longest length: tensor footprint parts (MiB)" + (f" ({mode})" if mode else ""),
+        columns=["model", "mode", "L", *BREAKDOWN_PARTS.values(), "total", "largest part"],
+        right={"L", *BREAKDOWN_PARTS.values(), "total"},
+    )
+    for series in analysis.series:
+        if (mode and series.key.mode != mode) or series.ok.empty or any(c not in series.ok for c in BREAKDOWN_PARTS):
+            continue
+        longest = series.ok.iloc[-1]
+        parts = {name: float(pd.to_numeric(longest[column], errors="coerce")) for column, name in BREAKDOWN_PARTS.items()}
+        if not all(np.isfinite(v) for v in parts.values()):
+            continue
+        total = sum(parts.values())
+        largest = max(parts, key=parts.get)
+        table.rows.append([
+            series.key.variant, series.key.mode, str(int(longest["seq_len"])),
+            *[format_fixed(v, 1) for v in parts.values()], format_fixed(total, 1),
+            f"{largest} ({parts[largest] / total:.0%})" if total > 0 else "-",
+        ])
+    return table
+
+
 def build_report(analysis: Analysis, modes: list[str] | None = None) -> list[ReportTable]:
     modes = modes or sorted({s.key.mode for s in analysis.series})
     tables = []
@@ -168,6 +196,7 @@ def build_report(analysis: Analysis, modes: list[str] | None = None) -> list[Rep
             if fits.rows:
                 tables.append(fits)
         tables.append(throughput_table(analysis, mode))
+        tables.append(breakdown_table(analysis, mode))
         tables.append(crossover_table(analysis, mode))
     return tables
 

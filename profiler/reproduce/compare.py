@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 
 from profiler.present.report import ReportTable
-from profiler.reproduce.setups import MIB_PER_GIB, ReproduceError, Setup
+from profiler.reproduce.setups import ReproduceError, Setup
 from profiler.results.schema import NVML_FIRST, memory_metric
-from profiler.units import format_fixed
+from profiler.units import MIB_PER_GIB, format_fixed
 
 
 @dataclass
@@ -159,10 +159,12 @@ def comparison_table(
 
 
 def comparison_tables(setup: Setup, selection: Selection) -> list[ReportTable]:
+    """Memory in MiB (GiB where the paper wrote GB) and time in ms, measured beside published."""
     rows = selection.rows
     metric = memory_metric(rows, NVML_FIRST)
-    scale = 1.0 / MIB_PER_GIB if setup.memory_unit == "GB" else 1.0
-    unit = "GiB" if setup.memory_unit == "GB" else "MiB"
+    in_gib = setup.memory_unit == "GB"
+    scale = 1.0 / MIB_PER_GIB if in_gib else 1.0
+    unit = "GiB" if in_gib else "MiB"
     memory = {m: measured_values(rows, m, metric, scale) for m in setup.models}
     extra = None
     if metric == "nvml_peak_mib":
@@ -170,12 +172,15 @@ def comparison_tables(setup: Setup, selection: Selection) -> list[ReportTable]:
     memory_table = comparison_table(
         setup,
         f"{setup.name}: training memory, measured ({metric}) vs the paper ({setup.gpu})",
-        (unit, setup.memory_unit), 2 if setup.memory_unit == "GB" else 0, memory, setup.memory, extra,
+        (unit, unit), 2 if in_gib else 0, memory, setup.memory, extra,
     )
-    memory_table.notes = list(selection.notes)
-    time = {m: measured_values(rows, m, "time_median_ms", 1e-3) for m in setup.models}
+    memory_table.notes = list(selection.notes) + [
+        f"the paper's {setup.memory_unit} are read as {unit}, the unit nvidia-smi and PyTorch count in"]
+    time = {m: measured_values(rows, m, "time_median_ms", 1.0) for m in setup.models}
+    published_ms = {m: {n: v * 1000.0 for n, v in values.items()} for m, values in setup.time_s.items()}
     time_table = comparison_table(
-        setup, f"{setup.name}: time per training step (median), measured vs the paper", ("s", "s"), 4, time, setup.time_s,
+        setup, f"{setup.name}: time per training step (median), measured vs the paper", ("ms", "ms"), 1, time,
+        published_ms,
     )
     if not setup.time_s:
         time_table.notes.append("the paper published no times for this setup")

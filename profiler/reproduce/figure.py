@@ -2,14 +2,11 @@
 import numpy as np
 from matplotlib.figure import Figure
 
-from profiler.present.plots import FAMILY_COLOURS
+from profiler.present.plots import METRIC_NAMES, model_colour
 from profiler.reproduce.compare import Selection, measured_values
-from profiler.reproduce.setups import MIB_PER_GIB, Setup
+from profiler.reproduce.setups import Setup
 from profiler.results.schema import NVML_FIRST, memory_metric
-
-
-def _colour(setup: Setup, model: str) -> str:
-    return FAMILY_COLOURS["attention"][0] if model == setup.models[0] else FAMILY_COLOURS["convolution"][0]
+from profiler.units import MIB_PER_GIB
 
 
 def _numeric(values: dict[int, float | str]) -> tuple[list[int], list[float]]:
@@ -20,7 +17,7 @@ def _numeric(values: dict[int, float | str]) -> tuple[list[int], list[float]]:
 def _line_panel(ax, setup: Setup, measured: dict, published: dict, ylabel: str) -> None:
     """Measured as solid lines with filled markers, published as hollow markers on dashed lines."""
     for model in setup.models:
-        colour = _colour(setup, model)
+        colour = model_colour(model)
         lengths, values = _numeric(measured[model])
         ax.plot(lengths, values, color=colour, marker="o", linestyle="-", label=f"{setup.labels[model]} measured")
         for length, value in measured[model].items():
@@ -45,7 +42,7 @@ def _bar_panel(ax, setup: Setup, measured: dict, published: dict, ylabel: str) -
     offsets = {(m, kind): (2 * i + j - 1.5) * width for i, m in enumerate(setup.models) for j, kind in enumerate(("measured", "paper"))}
     positions = np.arange(len(lengths))
     for model in setup.models:
-        colour = _colour(setup, model)
+        colour = model_colour(model)
         for kind, values in (("measured", measured[model]), ("paper", published.get(model, {}))):
             heights = [values.get(l) if isinstance(values.get(l), float) else 0.0 for l in lengths]
             bars = ax.bar(positions + offsets[(model, kind)], heights, width, color=colour if kind == "measured" else "none",
@@ -62,7 +59,18 @@ def _bar_panel(ax, setup: Setup, measured: dict, published: dict, ylabel: str) -
     ax.legend(fontsize=8)
 
 
+def _relative(values: dict[int, float | str | None]) -> dict[int, float | str | None]:
+    """Each value over the value at the shortest length that has one: the growth, unitless."""
+    numeric = sorted(length for length, value in values.items() if isinstance(value, float))
+    if not numeric:
+        return dict(values)
+    base = values[numeric[0]]
+    return {length: value / base if isinstance(value, float) else value for length, value in values.items()}
+
+
 def reproduce_figure(setup: Setup, selection: Selection) -> Figure:
+    """The paper's figure with the measurements beside its numbers. Measured on the CPU, both are
+    drawn as growth from their shortest length, since only shapes and ratios compare."""
     rows = selection.rows
     metric = memory_metric(rows, NVML_FIRST)
     names = ", ".join(sorted(rows["device_name"].dropna().astype(str).unique())) or "unknown device"
@@ -70,20 +78,34 @@ def reproduce_figure(setup: Setup, selection: Selection) -> Figure:
     profile = ", ".join(sorted(rows["profile"].astype(str).unique()))
     title = (f"{setup.name} ({setup.source}): measured on {names} (batch {batch}, {profile}, {metric}) "
              f"vs published ({setup.gpu})")
-    if not selection.comparable:
+    growth = (rows["device"] != "cuda").any()
+    if growth:
+        title += ("\nmeasured on the CPU: absolute numbers not comparable with the paper's; both drawn as growth "
+                  "from their shortest length")
+    elif not selection.comparable:
         title += f"\n{selection.why_not}: absolute numbers not comparable with the paper's; compare shapes and ratios"
+
+    def shown(values: dict) -> dict:
+        return {model: _relative(v) for model, v in values.items()} if growth else values
+
+    def label(text: str) -> str:
+        return f"{text.split(' (')[0]} ÷ its value at the shortest length" if growth else text
+
     if setup.memory_unit == "GB":
         fig = Figure(figsize=(9, 5), layout="constrained")
         ax = fig.subplots()
         memory = {m: measured_values(rows, m, metric, 1.0 / MIB_PER_GIB) for m in setup.models}
-        _bar_panel(ax, setup, memory, setup.memory, "training memory (GB)")
+        _bar_panel(ax, setup, shown(memory), shown(setup.memory),
+                   label(f"training {METRIC_NAMES[metric]} (GiB; the paper's GB)"))
     else:
         fig = Figure(figsize=(12, 5), layout="constrained")
         memory_ax, time_ax = fig.subplots(1, 2)
         memory = {m: measured_values(rows, m, metric, 1.0) for m in setup.models}
-        _line_panel(memory_ax, setup, memory, setup.memory, "GPU memory (MB)")
-        time = {m: measured_values(rows, m, "time_median_ms", 1e-3) for m in setup.models}
-        _line_panel(time_ax, setup, time, setup.time_s, "time per batch (s)")
+        _line_panel(memory_ax, setup, shown(memory), shown(setup.memory),
+                    label(f"{METRIC_NAMES[metric]} (MiB; the paper's MB)"))
+        time = {m: measured_values(rows, m, "time_median_ms", 1.0) for m in setup.models}
+        published_ms = {m: {n: v * 1000.0 for n, v in values.items()} for m, values in setup.time_s.items()}
+        _line_panel(time_ax, setup, shown(time), shown(published_ms), label("time per training step (ms)"))
         memory_ax.set_title("memory", fontsize=10)
         time_ax.set_title("runtime", fontsize=10)
     fig.suptitle(title, fontsize=10)

@@ -42,7 +42,8 @@ class PointRecord:
         spec = PointSpec(
             model=str(row["model"]), seq_len=int(row["seq_len"]), mode=str(row["mode"]),
             batch_size=int(row["batch_size"]), profile=str(row["profile"]), attention=str(row["attention"]),
-            device=str(row["device"]), seed=int(row["seed"]), dtype=str(row["dtype"]),
+            device=str(row["device"]), seed=int(row["seed"]), dtype=str(row.get("dtype", "float32")),
+            execution=str(row.get("execution", "eager")),
         )
         skip = set(spec.as_dict()) | {"status", *SAMPLE_COLUMNS}
         values = {k: v for k, v in row.items() if k not in skip and _present(v)}

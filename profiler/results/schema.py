@@ -11,20 +11,31 @@ import pandas as pd
 MODES: tuple[str, ...] = ("train", "infer")
 NO_ATTENTION = "none"  # the attention knob of models without attention layers
 STATUSES = ("ok", "oom", "skipped", "error")
-DEFAULT_DTYPE = "float32"
+# Knobs added after the first results files: a file without their column measured the default.
+KNOB_DEFAULTS = {"dtype": "float32", "execution": "eager"}
+DEFAULT_DTYPE = KNOB_DEFAULTS["dtype"]
 
 # The knobs a series shares: its points differ only in length (and seed). An OOM ends the longer
 # points of a series; the analysis fits one curve per series.
-SERIES_FIELDS = ("model", "attention", "profile", "mode", "batch_size", "device", "dtype")
+SERIES_FIELDS = ("model", "attention", "profile", "mode", "batch_size", "device", "dtype", "execution")
 # Curves of different variants are comparable (crossovers, one figure) when these agree.
-PANEL_FIELDS = ("mode", "batch_size", "device", "dtype")
+PANEL_FIELDS = ("mode", "batch_size", "device", "dtype", "execution")
 # The knobs that identify a row: two points with equal keys measure the same thing.
 KEY_FIELDS = (*SERIES_FIELDS, "seq_len", "seed")
 
 
+def model_label(model: str) -> str:
+    """How a model is named in tables and figures: a plug-in file's reference by the file's name
+    ('my_gru.py:GRURec'), since the row's model holds its absolute path; any other name as it is."""
+    where, separator, attribute = model.rpartition(":")
+    if separator and (where.endswith(".py") or "/" in where):
+        return f"{where.rsplit('/', 1)[-1]}:{attribute}"
+    return model
+
+
 def variant_name(model: str, attention: str) -> str:
-    """'sasrec[sdpa]' for a model with an attention backend, the model's name otherwise."""
-    return model if attention == NO_ATTENTION else f"{model}[{attention}]"
+    """'sasrec[sdpa]' for a model with an attention backend, the model's label otherwise."""
+    return model_label(model) if attention == NO_ATTENTION else f"{model_label(model)}[{attention}]"
 
 
 def oom_note(length: int) -> str:
@@ -41,6 +52,7 @@ class SeriesKey:
     batch_size: int
     device: str
     dtype: str
+    execution: str
 
     @classmethod
     def of(cls, row) -> "SeriesKey":
@@ -72,7 +84,8 @@ class PointSpec:
     attention: str
     device: str  # "cuda" or "cpu"
     seed: int = 0
-    dtype: str = "float32"  # DEFAULT_DTYPE
+    dtype: str = "float32"  # KNOB_DEFAULTS
+    execution: str = "eager"
 
     @property
     def key(self) -> tuple:
@@ -84,7 +97,7 @@ class PointSpec:
 
     @property
     def label(self) -> str:
-        knobs = "" if self.dtype == DEFAULT_DTYPE else f" {self.dtype}"
+        knobs = "".join(f" {getattr(self, k)}" for k, default in KNOB_DEFAULTS.items() if getattr(self, k) != default)
         return f"{variant_name(self.model, self.attention)}{knobs} {self.mode} L={self.seq_len}"
 
     def as_dict(self) -> dict:
@@ -94,8 +107,10 @@ class PointSpec:
 KEY_COLUMNS = list(KEY_FIELDS)
 COLUMNS = [
     # what was measured
-    "model", "family", "attention", "profile", "mode", "batch_size", "seq_len", "device", "dtype", "seed",
+    "model", "family", "attention", "profile", "mode", "batch_size", "seq_len", "device", "dtype", "execution", "seed",
     "device_name", "num_items", "item_feature_dim",
+    # a plug-in model: its resolved reference (also its model name) and the sha256 of its file
+    "plugin_ref", "plugin_sha256",
     # outcome
     "status", "error",
     # time per step: the device's (CUDA events behind a spin; the host clock on the CPU) ...
@@ -103,6 +118,8 @@ COLUMNS = [
     "time_ci_low_ms", "time_ci_high_ms", "time_ci_rel", "reps", "warmup_steps", "time_clock",
     # ... and the host's wall time of a synchronised step, which launch-bound steps exceed
     "wall_median_ms", "wall_p10_ms", "wall_p90_ms", "launch_bound", "noisy", "spin_ms", "host_paced_rounds",
+    # compiling or capturing the step, outside every timed step
+    "compile_s",
     # arithmetic and threads the step ran with
     "matmul_tf32", "cudnn_tf32", "torch_threads",
     # device memory
@@ -119,10 +136,10 @@ COLUMNS = [
     "step_times_ms", "wall_times_ms",
 ]
 # Columns read as text whatever they hold (an empty error column would otherwise read as floats).
-TEXT_COLUMNS = {name: "string" for name in ("error", "nvml_source", "time_clock", "step_times_ms", "wall_times_ms",
-                                            "gpu_uuid")}
+TEXT_COLUMNS = {name: "string" for name in ("error", "nvml_source", "time_clock", "plugin_ref", "plugin_sha256",
+                                            "step_times_ms", "wall_times_ms", "gpu_uuid")}
 # A file must have these to be read; later-added columns are optional and read as empty.
-REQUIRED_COLUMNS = KEY_COLUMNS + ["status", "error", "time_median_ms", "tensor_footprint_mib", "peak_allocated_mib"]
+REQUIRED_COLUMNS = [c for c in KEY_COLUMNS if c not in KNOB_DEFAULTS] + ["status", "error", "time_median_ms", "tensor_footprint_mib", "peak_allocated_mib"]
 
 # The metrics the analysis fits against L, and how axes and tables name them.
 METRICS = ("time_median_ms", "peak_allocated_mib", "nvml_peak_mib", "tensor_footprint_mib", "flops_per_step")

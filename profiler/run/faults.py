@@ -2,7 +2,8 @@
 
 With ``SEQPROF_INJECT_FAULT="<point label>=<fault>"`` in a worker's environment, the worker measures
 through ``with_injected_faults``, which fails at that one point: oom, error, exit, segfault or hang.
-Without it the worker measures directly and nothing here runs. ``exit-task`` is a fault of the
+With ``"worker start=<fault>"`` every worker fails so while it starts, before it is ready. Without
+the variable the worker measures directly and nothing here runs. ``exit-task`` is a fault of the
 process that drives the worker instead (a Ray task), which exits as that point starts.
 """
 import functools
@@ -12,6 +13,7 @@ import signal
 import torch
 
 FAULT_ENV = "SEQPROF_INJECT_FAULT"
+START = "worker start"  # the label of a fault in a worker's start rather than at a point
 TASK_FAULTS = ("exit-task",)
 
 
@@ -46,3 +48,10 @@ def with_injected_faults(measure):
         return measure(point, *args, **kwargs)
 
     return measure_with_faults
+
+
+def inject_start_fault() -> None:
+    """Fails as ``SEQPROF_INJECT_FAULT`` asks if it names the worker's start."""
+    fault = injected_fault(START)
+    if fault is not None:
+        inject_fault(START, fault)

@@ -5,12 +5,14 @@ out-of-memory error propagates to the worker, which records it as a result.
 """
 import contextlib
 import gc
+import time
 
 import torch
 
 from models.base import count_trainable_parameters
 from profiler.results.record import samples_text
 from profiler.results.schema import PointSpec
+from profiler.run.plugins import plugin_columns, resolve_spec, unsupported
 from profiler.run.precision import apply_precision, precision_flags
 from profiler.run.workload import build_workload, step_costs
 from profiler.trackers.nvml import NvmlPeakSampler
@@ -37,7 +39,8 @@ def prime_process(point: PointSpec) -> None:
     starts from the same state, whether its worker is fresh or reused.
     """
     seq_len, batch_size = min(point.seq_len, PRIME_LENGTH), min(point.batch_size, PRIME_BATCH)
-    for mode in ("train", "infer"):
+    spec = resolve_spec(point.model)
+    for mode in (m for m in ("train", "infer") if unsupported(spec, m) is None):
         workload = build_workload(
             point.model, point.attention, mode, seq_len, batch_size, point.profile, point.device, point.seed,
             point.dtype,
@@ -79,16 +82,23 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None)
     """The full record of one point. ``nvml_reader`` is an ``NvmlMemoryReader`` on CUDA, else None."""
     device = point.device
     apply_precision(point.dtype)
-    record: dict = {"torch_threads": torch.get_num_threads(), **precision_flags()}
+    # A plug-in's hash as this process imported it: the file measured, even if it changed since.
+    record: dict = {"torch_threads": torch.get_num_threads(), **precision_flags(),
+                    **plugin_columns(resolve_spec(point.model))}
     if nvml_reader is not None:
         record["nvml_baseline_mib"] = nvml_reader.read_mib()  # context (and leftovers) before the model
         record["nvml_source"] = nvml_reader.source
 
     workload = build_workload(
         point.model, point.attention, point.mode, point.seq_len, point.batch_size, point.profile, device, point.seed,
-        point.dtype,
+        point.dtype, point.execution,
     )
-    costs = step_costs(workload)  # the first step: it also creates the optimizer state
+    costs = step_costs(workload)  # the first step, eager: it also creates the optimizer state
+    if point.execution != "eager":
+        started = time.perf_counter()
+        workload.prepare()  # compile or capture, outside every timed step
+        _synchronize(device)
+        record["compile_s"] = time.perf_counter() - started
     record.update(
         param_count=costs.param_count,
         trainable_param_count=count_trainable_parameters(workload.model),

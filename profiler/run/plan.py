@@ -1,6 +1,8 @@
 """The plan of a sweep: which points, in which order."""
-from models.registry import get_spec
+import itertools
+
 from profiler.results.schema import NO_ATTENTION, PointSpec
+from profiler.run.plugins import resolve_spec
 
 
 def plan_points(
@@ -13,17 +15,19 @@ def plan_points(
     device: str,
     seed: int = 0,
     dtypes: tuple[str, ...] = ("float32",),
+    executions: tuple[str, ...] = ("eager",),
 ) -> list[PointSpec]:
     """Every combination, grouped by model variant and mode, ascending length within a series.
 
-    ``profile=None`` gives each model its own default profile (the one its paper's costs use).
+    ``models`` are registry names or plug-in references (profiler.run.plugins). ``profile=None``
+    gives each model its own default profile (the one its paper's costs use).
     """
     points = []
     for model in models:
-        spec = get_spec(model)
+        spec = resolve_spec(model)
         variants = attentions if spec.has_attention_backend else [NO_ATTENTION]
         for attention in variants:
-            for dtype in dtypes:
+            for dtype, execution in itertools.product(dtypes, executions):
                 for mode in modes:
                     for seq_len in sorted(lengths):
                         points.append(
@@ -37,6 +41,7 @@ def plan_points(
                                 device=device,
                                 seed=seed,
                                 dtype=dtype,
+                                execution=execution,
                             )
                         )
     return points

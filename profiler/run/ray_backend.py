@@ -24,7 +24,13 @@ from profiler.results.store import ResultsStore
 from profiler.run.faults import FAULT_ENV, injected_fault
 from profiler.run.lanes import split_variants
 from profiler.run.runner import (
-    Lane, PointFinished, PointStarted, RunnerOptions, SweepEvents, SweepRunner, point_row,
+    Lane,
+    PointFinished,
+    PointStarted,
+    RunnerOptions,
+    SweepEvents,
+    SweepRunner,
+    point_row,
 )
 from profiler.run.worker import GpuAssignment
 from profiler.trackers.environment import cpu_name

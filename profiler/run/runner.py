@@ -2,7 +2,8 @@
 
 Points of one model variant share a worker (a fresh process with its own CUDA context) until a
 point ends in anything but ``ok``; then the worker is retired and the next point gets a fresh one.
-After an OOM, the longer lengths of that series are recorded as skipped. A stop request (Ctrl-C)
+After an OOM, the longer lengths of that series are recorded as skipped, as are the points of a mode
+a model cannot run (infer without predict, for a plug-in). A stop request (Ctrl-C, SIGTERM, SIGHUP)
 takes effect between points, so the point in flight is kept.
 
 A ``Lane`` holds that rule for one device; ``SweepRunner`` drives one lane in order (the CPU, one
@@ -15,13 +16,14 @@ import os
 import signal
 import time
 from dataclasses import asdict, dataclass
+from multiprocessing import resource_tracker
 from typing import Callable, Iterator
 
 from models.profiles import get_profile
-from models.registry import get_spec
 from profiler.results.schema import PointSpec, SeriesKey, oom_note
 from profiler.results.store import ResultsStore
-from profiler.run.worker import GpuAssignment, worker_main
+from profiler.run.plugins import plugin_columns, resolve_spec, unsupported
+from profiler.run.worker import WORKER_HELD_SIGNALS, GpuAssignment, worker_main
 from profiler.trackers.timing import MeasurementBudget
 
 
@@ -42,7 +44,8 @@ class WorkerTimedOut(Exception):
     pass
 
 
-# Starting a worker (imports, CUDA context) is not part of a point's time limit, but has its own.
+# Starting a worker (imports, CUDA context) is not part of a point's time limit; it has the same
+# limit, up to this.
 WORKER_START_TIMEOUT_S = 300.0
 
 
@@ -54,10 +57,21 @@ class Worker:
         ctx = multiprocessing.get_context("spawn")  # fork would copy the parent's CUDA state
         self.device = device
         self._conn, child_conn = ctx.Pipe()
-        self.process = ctx.Process(target=worker_main, args=(child_conn, device, cpu, threads, gpu, start_off),
+        self.process = ctx.Process(target=worker_main,
+                                   args=(child_conn, device, cpu, threads, os.getpid(), gpu, start_off),
                                    daemon=True)
         self._spawned_at = time.perf_counter()
-        self.process.start()
+        # The worker starts with these blocked, so a Ctrl-C while it imports torch stays pending
+        # until it ignores them, rather than ending it with a traceback; here they wait a moment.
+        # Starting multiprocessing's resource tracker (once) unblocks SIGINT: it is started first,
+        # then the signals are blocked again.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_HELD_SIGNALS)
+        try:
+            resource_tracker.ensure_running()
+            signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_HELD_SIGNALS)
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         child_conn.close()
         self.start_s: float | None = None  # spawn to ready: imports, CUDA context, NVML
         self.points_measured = 0
@@ -78,10 +92,10 @@ class Worker:
         except (EOFError, ConnectionResetError):
             raise WorkerDied(self._death_cause()) from None
 
-    def _wait_until_ready(self) -> None:
+    def _wait_until_ready(self, timeout_s: float) -> None:
         if self._ready:
             return
-        hello = self._receive(WORKER_START_TIMEOUT_S, "worker start")
+        hello = self._receive(min(WORKER_START_TIMEOUT_S, timeout_s), "worker start")
         if not hello.get("ready"):
             raise WorkerDied(f"worker failed to start: {hello.get('error')}")
         self._ready = True
@@ -90,8 +104,11 @@ class Worker:
     def measure(self, point: PointSpec, budget: MeasurementBudget, timeout_s: float,
                 memory_limit_mib: float | None = None) -> dict:
         """``memory_limit_mib``: the device memory of a smaller card to emulate (context included)."""
-        self._wait_until_ready()
-        self._conn.send({"point": point.as_dict(), "budget": asdict(budget), "memory_limit_mib": memory_limit_mib})
+        self._wait_until_ready(timeout_s)
+        try:
+            self._conn.send({"point": point.as_dict(), "budget": asdict(budget), "memory_limit_mib": memory_limit_mib})
+        except OSError:  # the pipe broke: the worker died since its last point
+            raise WorkerDied(self._death_cause()) from None
         record = self._receive(timeout_s, "point")
         self.points_measured += 1
         return record
@@ -142,11 +159,12 @@ def measuring_cpu(slot: int = 0) -> int | None:
 
 def point_row(point: PointSpec, record: dict, wall_s: float, device_name: str) -> dict:
     """The results row of ``point`` from its worker's record (which may name the device itself)."""
-    spec = get_spec(point.model)
+    spec = resolve_spec(point.model)
     profile = get_profile(point.profile)
     row = point.as_dict()
     row.update(
         family=spec.family,
+        **plugin_columns(spec),
         device_name=device_name,
         num_items=profile.num_items,
         item_feature_dim=profile.item_feature_dim,
@@ -204,7 +222,7 @@ class Lane:
             if stopped():
                 return
             yield PointStarted(point)
-            reason = skipped_after_oom(point, oom_at)
+            reason = unsupported(resolve_spec(point.model), point.mode) or skipped_after_oom(point, oom_at)
             if reason is not None:
                 row = point_row(point, {"status": "skipped", "error": reason}, 0.0, self.device_name)
             else:

@@ -1,21 +1,27 @@
 """A sweep from the user's choices to stored results: defaults per device, validation, the run."""
 import datetime
 import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models.base import ATTENTION_BACKENDS
 from models.profiles import get_profile
-from models.registry import REGISTRY, get_spec
 from profiler.results.files import timestamped_path
-from profiler.results.schema import PointSpec
+from profiler.results.schema import MODES, PointSpec
 from profiler.results.store import ResultsStore
 from profiler.run.lanes import LaneRunner, gpu_assignment
 from profiler.run.plan import plan_points
+from profiler.run.plugins import check_unchanged, resolve_spec
+from profiler.run.precision import DTYPES
 from profiler.run.runner import RunnerOptions, SweepEvents, SweepRunner
 from profiler.trackers.environment import collect_environment, resolve_device, visible_gpu_count
 from profiler.trackers.timing import MeasurementBudget
 
 RESULTS_DIR = Path("results")
+# What stops a sweep between points: Ctrl-C, a termination request, the terminal going away.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 BACKENDS = ("local", "ray")
 RAY_MISSING = 'the ray backend needs Ray, an optional extra: pip install -e ".[ray]" (or pip install "ray>=2.9")'
 
@@ -44,15 +50,13 @@ class DeviceDefaults:
     attentions: tuple[str, ...]
     budget: MeasurementBudget
     threads: int
+    profile: str | None = None  # None: each model's own paper dataset
 
 
 # The GPU defaults are the papers' grid: lengths 50 to 900, batch 128, training and inference, the
-# authors' materialised attention and the fused one. The CPU defaults keep a full `make sweep` on a
-# two-core machine within a few minutes: shorter lengths, a smaller batch, the training step with
-# the authors' attention, a shorter time cap per point. On a GPU the device time is tight (under
-# 1% at the median), so a 1% interval is reached in a few repetitions; the CPU's clock is the host's,
-# and wider. Threads: one for a GPU worker (it only launches kernels), a fixed count on the CPU so a
-# CPU figure does not depend on the machine's core count.
+# authors' materialised attention and the fused one, each model at its paper's dataset. On a GPU
+# the device time is tight (under 1% at the median), so a 1% interval is reached in a few
+# repetitions. Threads: one for a GPU worker (it only launches kernels).
 GPU_DEFAULTS = DeviceDefaults(
     lengths=(50, 100, 200, 300, 400, 500, 600, 700, 800, 900),
     batch_size=128,
@@ -62,14 +66,27 @@ GPU_DEFAULTS = DeviceDefaults(
                              target_ci=0.01),
     threads=1,
 )
+# The CPU defaults show on a two-core machine, within a few minutes for every model, the scaling
+# the GPU shows in the tensor footprint, which does not depend on the device. At the papers'
+# datasets a small CPU batch is dominated by the embedding tables and optimizer state, so every
+# model reads linear at short lengths (SASRec's footprint slope was 0.16 over L = 25..100 at batch
+# 8); the tiny profile takes the tables out, and from L = 16 to 128 at batch 4 the materialised
+# attention of SASRec, BERT4Rec, TiSASRec and CARCA, CosRec's pair grid and Caser's filters read
+# quadratic, the others linear. CosRec and CosRec+ at L = 128 (about 3 s a step) bound the time: a
+# longer length or a larger batch would double it. ProxyRCA's and HSTU's attention hides behind
+# their linear parts below L = 256 to 512 (tests/bench/recorded.json). The training step with the
+# authors' attention: on the CPU a training step's sdpa has no fused kernel and measures the same.
+# The CPU's clock is the host's, and wider than the GPU's: a 2% interval, a shorter time cap per
+# point, a fixed thread count so a CPU figure does not depend on the machine's core count.
 CPU_DEFAULTS = DeviceDefaults(
-    lengths=(25, 50, 100),
-    batch_size=8,
+    lengths=(16, 32, 64, 128),
+    batch_size=4,
     modes=("train",),
     attentions=("naive",),
     budget=MeasurementBudget(warmup_steps=2, max_warmup_steps=6, min_reps=5, max_reps=40, time_budget_s=0.5,
                              target_ci=0.02),
     threads=2,
+    profile="tiny",
 )
 
 
@@ -94,6 +111,7 @@ class SweepRequest:
     fresh_worker_per_point: bool = False
     pin_cpu: bool = True
     dtypes: list[str] = field(default_factory=lambda: ["float32"])
+    executions: list[str] = field(default_factory=lambda: ["eager"])
     threads: int = 1
     argv: list[str] = field(default_factory=list)
     gpus: list[int] | None = None  # GPUs of this host to spread the points over; None: every visible one
@@ -109,10 +127,18 @@ class SweepRequest:
                 raise ValueError("--gpus picks GPUs of this host; with --backend ray the cluster gives each task its GPU")
         elif self.gpus is not None and self.device != "cuda":
             raise ValueError("--gpus needs a CUDA sweep; this sweep runs on the CPU")
+        if "cuda-graphs" in self.executions and self.device != "cuda":
+            raise ValueError("--execution cuda-graphs needs a CUDA GPU; this sweep runs on the CPU")
         if self.profile is not None:
             get_profile(self.profile)
+        # A resume takes these from the sidecar, where they may have been edited.
+        for what, given, choices in (("mode", self.modes, MODES), ("dtype", self.dtypes, DTYPES),
+                                     ("attention backend", self.attentions, ATTENTION_BACKENDS)):
+            unknown = [value for value in given if value not in choices]
+            if unknown:
+                raise ValueError(f"unknown {what} {unknown[0]!r}; choose from {', '.join(choices)}")
         for model in self.models:
-            spec = get_spec(model)
+            spec = resolve_spec(model)
             limit = spec.max_len_limit
             if limit is not None and max(self.lengths) > limit:
                 raise ValueError(f"model {model!r} supports lengths up to {limit}; got {max(self.lengths)}")
@@ -125,7 +151,7 @@ class SweepRequest:
     def plan(self) -> list[PointSpec]:
         return plan_points(
             self.models, self.lengths, self.modes, self.attentions, self.batch_size, self.profile, self.device, self.seed,
-            tuple(self.dtypes),
+            tuple(self.dtypes), tuple(self.executions),
         )
 
 
@@ -134,7 +160,13 @@ def default_results_path() -> Path:
 
 
 def open_store(request: SweepRequest) -> ResultsStore:
-    return ResultsStore.resume(request.out) if request.resume else ResultsStore.create(request.out)
+    """The request's results, new or resumed; resuming refuses a plug-in whose file changed since its
+    rows were measured (a ValueError), before anything is written."""
+    if not request.resume:
+        return ResultsStore.create(request.out)
+    store = ResultsStore.resume(request.out)
+    check_unchanged(store.frame, request.models)
+    return store
 
 
 def sweep_gpus(request: SweepRequest) -> list[int]:
@@ -156,48 +188,62 @@ def make_runner(request: SweepRequest, store: ResultsStore, events: SweepEvents,
     return SweepRunner(store, options, events, device_name, gpu=gpus[0] if gpus else None)
 
 
-def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -> tuple[list[dict], bool]:
+def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -> tuple[list[dict], int | None]:
     """Runs the pending points of the request into ``store`` (held locked by the caller).
 
-    Returns the rows written and whether the sweep was stopped early by Ctrl-C.
+    Ctrl-C, SIGTERM and SIGHUP stop the sweep after the point in flight, which is kept. Returns the
+    rows written and the signal that stopped the sweep early (None if it ran to the end).
     """
-    environment = collect_environment(request.device)
-    runner = make_runner(request, store, events, environment["device_name"])
-    points = runner.pending(request.plan())
-    placement = {"backend": request.backend, "gpus": sweep_gpus(request)}
-    if request.backend == "ray":
-        placement["cluster"] = ray_backend().cluster_facts()
-    store.start_run(
-        {
-            "environment": environment,
-            "command": request.argv,
-            "models": request.models,
-            "lengths": request.lengths,
-            "modes": request.modes,
-            "attention": request.attentions,
-            "dtypes": request.dtypes,
-            "threads": request.threads,
-            "batch_size": request.batch_size,
-            "profile": request.profile or {m: REGISTRY[m].default_profile for m in request.models},
-            "seed": request.seed,
-            "budget": request.budget.__dict__,
-            "points_planned": len(points),
-            "started": environment["timestamp"],
-            **placement,
-        }
-    )
+    stopped_by: list[int] = []
+    runner: SweepRunner | None = None
 
     def stop_after_this_point(signum, frame):
-        runner.request_stop()
+        stopped_by.append(signum)
+        if runner is not None:
+            runner.request_stop()
 
-    previous = signal.signal(signal.SIGINT, stop_after_this_point)
+    # Only the main thread may handle signals; a sweep started from another thread (a notebook's
+    # worker thread) stops when the thread's caller interrupts it.
+    handling = threading.current_thread() is threading.main_thread()
+    previous = {signum: signal.signal(signum, stop_after_this_point) for signum in STOP_SIGNALS} if handling else {}
     try:
+        environment = collect_environment(request.device)
+        runner = make_runner(request, store, events, environment["device_name"])
+        if stopped_by:
+            runner.request_stop()
+        points = runner.pending(request.plan())
+        placement = {"backend": request.backend, "gpus": sweep_gpus(request)}
+        if request.backend == "ray":
+            placement["cluster"] = ray_backend().cluster_facts()
+        store.start_run(
+            {
+                "environment": environment,
+                "command": request.argv,
+                "models": request.models,
+                "lengths": request.lengths,
+                "modes": request.modes,
+                "attention": request.attentions,
+                "dtypes": request.dtypes,
+                "executions": request.executions,
+                "threads": request.threads,
+                "batch_size": request.batch_size,
+                "profile": request.profile or {m: resolve_spec(m).default_profile for m in request.models},
+                "seed": request.seed,
+                "budget": request.budget.__dict__,
+                "points_planned": len(points),
+                "started": environment["timestamp"],
+                **placement,
+            }
+        )
         rows = runner.run(points)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    stop = stopped_by[0] if stopped_by else None
     store.finish_run(
         finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         points_measured=len(rows),
-        interrupted=runner.stop_requested,
+        interrupted=stop is not None,
+        stopped_by=signal.Signals(stop).name if stop is not None else None,
     )
-    return rows, runner.stop_requested
+    return rows, stop

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 import torch
 
 from profiler.results.schema import PointSpec
-from profiler.run.faults import FAULT_ENV, with_injected_faults
+from profiler.run.faults import FAULT_ENV, inject_start_fault, with_injected_faults
 from profiler.run.measure import measure_point, prime_process
 from profiler.trackers.timing import MeasurementBudget
 from profiler.units import MIB
 
 PR_SET_PDEATHSIG = 1  # from linux/prctl.h
+# What the worker leaves to the runner: it stops the sweep between points on either.
+WORKER_HELD_SIGNALS = {signal.SIGINT, signal.SIGHUP}
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, pri
     return record
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent_pid: int) -> None:
     """Asks Linux to kill this process when the runner dies, however it dies (SIGKILL too), so no
     orphan keeps the GPU busy or overlaps a resumed sweep."""
     try:
@@ -83,12 +85,14 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: the pipe's EOF still ends the loop
         return
-    if os.getppid() == 1:  # the parent died before the request took effect
+    # The runner died while this process was importing, before the request took effect: init or a
+    # subreaper (not necessarily pid 1) adopted it.
+    if os.getppid() != parent_pid:
         os._exit(1)
 
 
-def worker_main(conn, device: str, cpu: int | None = None, threads: int = 1, gpu: GpuAssignment | None = None,
-                start_off: frozenset[int] = frozenset()) -> None:
+def worker_main(conn, device: str, cpu: int | None, threads: int, parent_pid: int,
+                gpu: GpuAssignment | None = None, start_off: frozenset[int] = frozenset()) -> None:
     """Entry point of the worker process: receive (point, budget) dicts, send records, until None.
 
     ``cpu`` pins the process to one core. A training step of a small model is bound by the host
@@ -96,10 +100,22 @@ def worker_main(conn, device: str, cpu: int | None = None, threads: int = 1, gpu
     Until its first point the worker keeps off ``cpu`` and the cores in ``start_off`` (those other
     workers measure on). ``gpu``: the one GPU this worker sees; its records name it.
     """
-    # Ctrl-C goes to the whole process group; the runner decides when to stop, and the point in
-    # flight finishes so its measurement is kept.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+    # Ctrl-C and a terminal's hangup go to the whole process group; the runner decides when to
+    # stop, and the point in flight finishes so its measurement is kept. The runner started this
+    # process with them blocked: ignoring them drops any that came during the imports.
+    for signum in WORKER_HELD_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_HELD_SIGNALS)
+    _die_with_parent(parent_pid)
+    try:
+        _serve(conn, device, cpu, threads, gpu, start_off)
+    except (BrokenPipeError, ConnectionResetError):  # the runner is gone: nothing waits for results
+        pass
+
+
+def _serve(conn, device: str, cpu: int | None, threads: int, gpu: GpuAssignment | None,
+           start_off: frozenset[int]) -> None:
+    """Starts (its GPU, threads, core, CUDA context, NVML), says whether it is ready, then measures."""
     if gpu is not None and gpu.visible_devices is not None:
         # Before CUDA initialises (torch reads it once, at the first CUDA call): device 0 is that GPU.
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu.visible_devices
@@ -131,6 +147,8 @@ def worker_main(conn, device: str, cpu: int | None = None, threads: int = 1, gpu
                 gpu_columns["gpu_uuid"] = nvml_reader.uuid
             except Exception as exc:  # noqa: BLE001 - NVML is optional; the rest is measured, the reason kept
                 nvml_unavailable = f"unavailable ({type(exc).__name__}: {exc})"
+        if os.environ.get(FAULT_ENV):
+            inject_start_fault()
     except Exception as exc:  # noqa: BLE001 - a worker that cannot start says why
         conn.send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
         return

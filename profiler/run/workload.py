@@ -13,10 +13,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.base import count_parameters
 from models.profiles import get_profile
-from models.registry import get_spec
 from profiler.results.schema import NO_ATTENTION
+from profiler.run.plugins import resolve_spec
 from profiler.run.precision import cast_for, forward_context
 from profiler.trackers.footprint import TensorFootprint, inference_footprint, train_step_footprint
+
+EXECUTIONS = ("eager", "compile", "cuda-graphs")
 
 
 @dataclass
@@ -24,8 +26,10 @@ class Workload:
     model: nn.Module
     batch: dict[str, torch.Tensor]
     optimizer: torch.optim.Optimizer | None  # None for inference
-    step: Callable[[], None]
+    step: Callable[[], None]  # what is timed: eager, compiled or a graph replay
     mode: str
+    eager_step: Callable[[], None] | None = None  # the same step run eagerly, for the probes
+    prepare: Callable[[], None] = lambda: None  # compiles or captures ``step``; never inside a timed step
 
 
 def build_workload(
@@ -38,10 +42,15 @@ def build_workload(
     device: str,
     seed: int = 0,
     dtype: str = "float32",
+    execution: str = "eager",
 ) -> Workload:
     """``attention`` is a backend name, or None / "none" for models without attention layers;
-    ``dtype`` one of profiler.run.precision.DTYPES."""
-    spec = get_spec(model_name)
+    ``dtype`` one of profiler.run.precision.DTYPES; ``execution`` one of EXECUTIONS."""
+    if execution not in EXECUTIONS:
+        raise ValueError(f"Unknown execution {execution!r}; choose from {list(EXECUTIONS)}")
+    if execution == "cuda-graphs" and device != "cuda":
+        raise ValueError("CUDA graphs need a CUDA device")
+    spec = resolve_spec(model_name)
     backend = None if attention in (None, NO_ATTENTION) else attention
     config = spec.build_config(get_profile(profile), seq_len, backend)
     torch.manual_seed(seed)
@@ -51,27 +60,59 @@ def build_workload(
         model = spec.build(config)
     generator = torch.Generator(device=device).manual_seed(seed)
     batch = cast_for(dtype, model, spec.make_batch(config, batch_size, seq_len, device, generator))
+    if mode not in ("train", "infer"):
+        raise ValueError(f"Unknown mode {mode!r}; choose from ['train', 'infer']")
+    optimizer = None
     if mode == "train":
         model.train()
         optimizer = model.configure_optimizer()
+    else:
+        model.eval()
 
-        def train_step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with forward_context(dtype, device):
-                loss = model(batch)
-            loss.backward()
-            optimizer.step()
+    def step_with(forward: Callable, predict: Callable) -> Callable[[], None]:
+        if mode == "train":
+            def train_step() -> None:
+                optimizer.zero_grad(set_to_none=True)
+                with forward_context(dtype, device):
+                    loss = forward(batch)
+                loss.backward()
+                optimizer.step()
+            return train_step
 
-        return Workload(model, batch, optimizer, train_step, mode)
-    if mode != "infer":
-        raise ValueError(f"Unknown mode {mode!r}; choose from ['train', 'infer']")
-    model.eval()
+        def infer_step() -> None:
+            with torch.inference_mode(), forward_context(dtype, device):
+                predict(batch)
+        return infer_step
 
-    def infer_step() -> None:
-        with torch.inference_mode(), forward_context(dtype, device):
-            model.predict(batch)
+    eager = step_with(model, model.predict)
+    workload = Workload(model, batch, optimizer, eager, mode, eager_step=eager)
+    if execution == "compile":
+        # Compilation happens at the first call: ``prepare`` makes that call, so it stays out of
+        # every timed step and its cost is recorded on its own.
+        workload.step = step_with(torch.compile(model), torch.compile(model.predict))
+        workload.prepare = workload.step
+    elif execution == "cuda-graphs":
+        workload.prepare = lambda: _capture(workload, eager)
+    return workload
 
-    return Workload(model, batch, None, infer_step, mode)
+
+def _capture(workload: Workload, eager: Callable[[], None]) -> None:
+    """Captures the whole step as one CUDA graph and makes its replay the timed step. Warm-up runs
+    on a side stream first, as capture requires; a step that syncs with the host cannot be captured
+    and raises, which the worker records with its message."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            eager()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            eager()
+    except Exception as exc:  # noqa: BLE001 - re-raised with what it means for this point
+        raise RuntimeError(f"the step cannot be captured as a CUDA graph: {exc}") from exc
+    workload.step = graph.replay
 
 
 @dataclass(frozen=True)
@@ -92,7 +133,7 @@ def step_costs(workload: Workload) -> StepCosts:
 
     def counted() -> None:
         with counter:
-            workload.step()
+            (workload.eager_step or workload.step)()
 
     if workload.mode == "train":
         footprint = train_step_footprint(workload.model, workload.optimizer, workload.batch, counted)

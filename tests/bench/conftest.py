@@ -4,7 +4,8 @@
     --memory-baseline-compare[=PATH]  fail a benchmark whose memory exceeds the baseline's
     --memory-tolerance=PCT            how far above the baseline is still a pass (default 10)
 
-PATH defaults to results/benchmarks/memory-baseline.json under the project root. pytest registers a
+PATH defaults to results/benchmarks/<gpu>/memory-baseline.json under the project root, the folder
+of the GPU the run sees (profiler/bench/storage.py; cpu/ without one). pytest registers a
 sub-folder's options only when that folder is on the command line: `pytest tests/bench ...`.
 """
 import os
@@ -14,14 +15,16 @@ import pytest
 import torch
 
 from profiler.bench.memory_gate import (
-    DEFAULT_BASELINE,
     DEFAULT_TOLERANCE_PCT,
     BaselineFileError,
     Comparison,
     Entry,
     MemoryBaseline,
 )
+from profiler.bench.storage import BENCHMARKS_DIR, MEMORY_BASELINE, default_memory_baseline
 from profiler.trackers.environment import collect_environment, git_commit
+
+DEFAULT_SHOWN = f"{BENCHMARKS_DIR}/<gpu>/{MEMORY_BASELINE}"
 
 # An option with an optional value swallows the next word, so `--memory-baseline-save tests/bench`
 # would read the test folder as the file; a baseline path must name a .json file, which catches that.
@@ -37,7 +40,7 @@ def pytest_addoption(parser):
         const=DEFAULT_PATH,
         default=None,
         metavar="PATH",
-        help=f"after the run, write each benchmark's memory to PATH (default {DEFAULT_BASELINE}); "
+        help=f"after the run, write each benchmark's memory to PATH (default {DEFAULT_SHOWN}); "
         "entries of benchmarks that did not run are kept. Give PATH as --memory-baseline-save=PATH.",
     )
     group.addoption(
@@ -47,7 +50,7 @@ def pytest_addoption(parser):
         default=None,
         metavar="PATH",
         help=f"fail a benchmark whose peak memory lies more than the tolerance above the baseline in PATH "
-        f"(default {DEFAULT_BASELINE}). Give PATH as --memory-baseline-compare=PATH.",
+        f"(default {DEFAULT_SHOWN}). Give PATH as --memory-baseline-compare=PATH.",
     )
     group.addoption(
         "--memory-tolerance",
@@ -63,7 +66,7 @@ def _baseline_path(config, option: str) -> Path | None:
     if value is None:
         return None
     if value is DEFAULT_PATH:
-        return config.rootpath / DEFAULT_BASELINE
+        return default_memory_baseline(config.rootpath / BENCHMARKS_DIR)
     path = Path(value)
     if path.suffix != BASELINE_SUFFIX:
         raise pytest.UsageError(

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import top1_hit_rate, train_on
+from helpers import successor_walk, top1_hit_rate, train_on
 
 from models.base import count_parameters
 from models.hstu import HSTU, HSTUConfig, make_batch, time_buckets
@@ -254,19 +254,8 @@ def test_forward_and_predict_at_two_lengths(seq_len):
 
 
 def planted_batch(cfg: HSTUConfig, batch_size: int, generator: torch.Generator):
-    """Histories walking a cycle over the items (the next item is the previous one + 1), the times
-    of make_batch; candidates whose column 0 is the true next item."""
-    batch = make_batch(cfg, batch_size, cfg.max_len, "cpu", generator)
-    real = batch["seq"] != 0
-    start = torch.randint(0, cfg.num_items, (batch_size, 1), generator=generator)
-    walk = (start + torch.arange(cfg.max_len + 1)) % cfg.num_items + 1  # (B, L + 1)
-    negatives = walk[:, -1:] + torch.randint(1, cfg.num_items, (batch_size, 9), generator=generator) - 1
-    return dict(
-        batch,
-        seq=walk[:, :-1] * real,
-        pos=walk[:, 1:] * real,
-        candidates=torch.cat([walk[:, -1:], negatives % cfg.num_items + 1], dim=1),  # distinct from the positive
-    )
+    """A planted successor walk (tests/helpers.py) over a batch of make_batch."""
+    return successor_walk(make_batch(cfg, batch_size, cfg.max_len, "cpu", generator), cfg.num_items, generator)
 
 
 def test_learns_a_planted_successor_pattern():
