@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import item_context
 from models.attention import attention, check_heads, merge_heads, split_heads
 from models.base import Batch, frozen_feature_table, fused_on_cuda, next_item_bce, random_items
-from models import item_context
 from models.profiles import CONTEXT_FEATURES
 
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.base import fused_on_cuda
 from models.attention import MultiHeadAttention
+from models.base import fused_on_cuda
 from models.next_item import NextItemModel, PointWiseFeedForward
 from models.next_item import make_batch as make_batch
 

@@ -19,7 +19,6 @@ from profiler.run.runner import SweepEvents
 from profiler.run.sweep import SweepRequest, default_results_path, defaults_for, open_store, run_sweep
 from profiler.trackers.environment import resolve_device
 
-
 CPU_NOTICE = ("[bold yellow]Running on the CPU[/] (no CUDA GPU in use): times are CPU times, GPU memory columns "
               "stay empty; the tensor footprint (device-independent) shows how memory scales.")
 
