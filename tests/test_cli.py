@@ -42,8 +42,8 @@ def test_sweep_writes_one_row_per_point_and_a_summary(tmp_path):
         os.umask(previous)
     assert result.exit_code == 0, result.output
     # Readable by the group like the figures beside them, and no lock file left behind.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.meta.json"]
-    assert {(tmp_path / name).stat().st_mode & 0o777 for name in ("r.csv", "r.meta.json")} == {0o644}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.csv.meta.json"]
+    assert {(tmp_path / name).stat().st_mode & 0o777 for name in ("r.csv", "r.csv.meta.json")} == {0o644}
     frame = pd.read_csv(out)
     # sasrec x 2 backends + convrec-light, x 2 modes, x 2 lengths
     assert len(frame) == 12
@@ -90,7 +90,7 @@ def test_sweep_help_lists_models_profiles_and_each_devices_default():
     text = _unwrapped(runner.invoke(app, ["sweep", "--help"], terminal_width=80).output)
     assert f"Models, comma-separated: {', '.join(REGISTRY)}. [default: (all)]" in text
     assert ", ".join(PROFILES) in text
-    assert "[default: (GPU 128; CPU 4); x>=1]" in text  # --batch-size
+    assert "[default: (GPU 128; CPU 4)]" in text  # --batch-size
     assert "(GPU each model's own; CPU tiny)" in text  # --profile
     assert "CPU 16,32,64,128" in text and "(GPU both; CPU train)" in text
 
@@ -98,7 +98,7 @@ def test_sweep_help_lists_models_profiles_and_each_devices_default():
 def test_the_default_cpu_sweep_is_the_small_grid_that_shows_quadratic_attention(monkeypatch, tmp_path):
     requests = []
 
-    def capture(request, cpu_notice):
+    def capture(request, cpu_notice, store=None):
         requests.append(request)
         raise typer.Exit(0)
 

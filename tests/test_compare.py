@@ -108,7 +108,7 @@ def test_report_and_plot_take_several_files_and_refuse_conflicting_rows(tmp_path
     assert f"results: {first}, {second}" in result.output and "points: 24" in result.output
     for model in ("sasrec[naive]", "convrec-light", "cosrec", "caser"):
         assert model in result.output
-    result = runner.invoke(app, ["plot", str(first), str(second), "--out-dir", str(tmp_path / "plots")])
+    result = runner.invoke(app, ["plot", str(first), str(second), "--plots-dir", str(tmp_path / "plots")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "plots" / "a+b-train-time_median_ms.png").exists()
     assert main(["report", str(RUN1), str(RUN2)]) == 2

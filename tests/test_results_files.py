@@ -122,8 +122,8 @@ MALFORMED = {
 COMMANDS = {
     "sweep --resume": lambda p: ["sweep", "--lengths", "8,12,16,20", *SASREC, "--out", str(p), "--resume"],
     "report": lambda p: ["report", str(p)],
-    "plot": lambda p: ["plot", str(p), "--out-dir", str(p.parent / "plots")],
-    "reproduce": lambda p: ["reproduce", "convrec", "--from-results", str(p), "--out-dir", str(p.parent / "plots")],
+    "plot": lambda p: ["plot", str(p), "--plots-dir", str(p.parent / "plots")],
+    "reproduce": lambda p: ["reproduce", "convrec", "--from-results", str(p), "--plots-dir", str(p.parent / "plots")],
 }
 
 
