@@ -119,3 +119,31 @@ def test_rows_carry_knobs_statistics_and_units(tmp_path):
     assert row["tensor_footprint_mib"] == pytest.approx(parts)
     # Adam keeps two moments per trainable parameter; gradients match the trainable parameters
     assert row["optimizer_state_mib"] == pytest.approx(2 * row["grads_mib"], rel=0.01)
+
+
+def test_a_points_wall_time_is_split_into_its_phases(tmp_path):
+    from profiler.present.display import phase_breakdown
+
+    rows, frame = run(tmp_path, sasrec_points([8, 12]))
+    for row in frame.itertuples():
+        phases = [row.prime_s, row.build_s, row.probe_s, row.steps_s]
+        assert all(seconds >= 0 for seconds in phases) and row.build_s > 0 and row.probe_s > 0
+        assert row.measured_wall_s <= row.steps_s  # the timed steps are a part of all the steps
+        assert sum(phases) <= row.point_wall_s
+    assert frame["prime_s"].eq(0).all()  # priming loads CUDA kernels: nothing to do on the CPU
+    line = phase_breakdown(rows)
+    assert line.startswith(f"time in 2 ok points: {frame['point_wall_s'].sum():.1f} s = ")
+    assert f"steps {frame['steps_s'].sum():.1f}" in line and "priming" not in line
+
+
+def test_the_phase_breakdown_adds_up_and_leaves_out_failed_points():
+    from profiler.present.display import phase_breakdown
+
+    rows = [{"status": "ok", "point_wall_s": 10.0, "prime_s": 4.0, "build_s": 1.0, "probe_s": 0.5, "steps_s": 3.0,
+             "measured_wall_s": 2.0},
+            {"status": "ok", "point_wall_s": 2.0, "prime_s": 0.0, "build_s": 0.5, "probe_s": 0.5, "steps_s": 0.5,
+             "compile_s": float("nan"), "measured_wall_s": 0.25},
+            {"status": "oom", "point_wall_s": 100.0}]
+    assert phase_breakdown(rows) == ("time in 2 ok points: 12.0 s = priming 4.0 + building 1.5 + probes 1.0 + "
+                                     "steps 3.5 + other 2.0 s (timed steps alone 2.2 s)")
+    assert phase_breakdown([{"status": "error"}]) is None

@@ -12,7 +12,7 @@ import typer
 from models.registry import REGISTRY
 from profiler.cli import options
 from profiler.cli.common import console, draw_figures, fail, out, plots_dir_for
-from profiler.present.display import SweepProgress, summary_table
+from profiler.present.display import SweepProgress, phase_breakdown, summary_table
 from profiler.results.store import ResultsFileError, ResultsStore
 from profiler.run.plugins import check_unchanged
 from profiler.run.runner import SweepEvents
@@ -178,6 +178,9 @@ def sweep(
     if len(frame):
         out.print(summary_table(frame, f"seqprof sweep on {frame['device_name'].iloc[-1]}, batch {request.batch_size}"))
     console.print(f"{len(rows)} points measured in {elapsed:.1f} s; results: {request.out}", soft_wrap=True)
+    breakdown = phase_breakdown(rows)
+    if breakdown is not None:
+        console.print(breakdown, markup=False, soft_wrap=True)
     if plot and (frame["status"] == "ok").any():
         draw_figures(frame, plots_dir or plots_dir_for(request.out), request.out.stem)
     if interrupted:

@@ -115,3 +115,26 @@ def summary_table(frame: pd.DataFrame, title: str) -> Table:
         name = variant_name(model, attention) + "".join(f" {v}" for k, v in knobs.items() if v != KNOB_DEFAULTS[k])
         table.add_row(escape(name), mode, *cells)
     return table
+
+
+# The phases of a point, in the order a worker runs them (the columns of profiler/results/schema.py).
+PHASES = {"prime_s": "priming", "build_s": "building", "probe_s": "probes", "compile_s": "compiling",
+          "steps_s": "steps"}
+
+
+def phase_breakdown(rows: list[dict]) -> str | None:
+    """Where the measured points' wall time went, in seconds: each phase, and the rest (a worker
+    start that was not ready in time, the pipe, writing the row). None without measured points."""
+    measured = [row for row in rows if row.get("status") == "ok"]
+    if not measured:
+        return None
+
+    def total(field: str) -> float:
+        return sum(float(row[field]) for row in measured if row.get(field) is not None and row[field] == row[field])
+
+    points_s = total("point_wall_s")
+    phases = {label: total(field) for field, label in PHASES.items()}
+    rest_s = max(points_s - sum(phases.values()), 0.0)
+    parts = " + ".join(f"{label} {seconds:.1f}" for label, seconds in phases.items() if seconds > 0)
+    return f"time in {len(measured)} ok points: {points_s:.1f} s = {parts} + other {rest_s:.1f} s " \
+           f"(timed steps alone {total('measured_wall_s'):.1f} s)"

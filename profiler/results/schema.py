@@ -128,8 +128,9 @@ COLUMNS = [
     "params_mib", "grads_mib", "optimizer_state_mib", "inputs_mib", "activations_mib", "tensor_footprint_mib",
     # size and work
     "param_count", "trainable_param_count", "flops_per_step", "achieved_tflops",
-    # bookkeeping
-    "point_wall_s", "measured_wall_s", "worker_pid", "worker_cpu", "worker_fresh", "worker_start_s", "finished_at",
+    # bookkeeping; where a point's wall time went: priming a fresh worker, building the model and
+    # batch, the footprint and FLOP probe, warm-up and timed steps together, the timed steps alone
+    "point_wall_s", "prime_s", "build_s", "probe_s", "steps_s", "measured_wall_s", "worker_pid", "worker_cpu", "worker_fresh", "worker_start_s", "finished_at",
     # the GPU that measured the point: its index on its host (as --gpus names it) and NVML's UUID
     "gpu_index", "gpu_uuid",
     # raw samples, last because they are long

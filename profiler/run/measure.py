@@ -89,11 +89,17 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None)
         record["nvml_baseline_mib"] = nvml_reader.read_mib()  # context (and leftovers) before the model
         record["nvml_source"] = nvml_reader.source
 
+    started = time.perf_counter()
     workload = build_workload(
         point.model, point.attention, point.mode, point.seq_len, point.batch_size, point.profile, device, point.seed,
         point.dtype, point.execution,
     )
+    _synchronize(device)
+    record["build_s"] = time.perf_counter() - started
+    started = time.perf_counter()
     costs = step_costs(workload)  # the first step, eager: it also creates the optimizer state
+    _synchronize(device)
+    record["probe_s"] = time.perf_counter() - started
     if point.execution != "eager":
         started = time.perf_counter()
         workload.prepare()  # compile or capture, outside every timed step
@@ -119,11 +125,13 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None)
     # ms; the device time, which the spin keeps off the host's pace, does not feel it.
     sampler = NvmlPeakSampler(nvml_reader) if nvml_reader is not None else contextlib.nullcontext()
     gc.disable()  # a collection pause inside the timed loop would land in one sample at random
+    started = time.perf_counter()
     try:
         with sampler:
             times = time_step(workload.step, budget, device)
     finally:
         gc.enable()
+    record["steps_s"] = time.perf_counter() - started
     if nvml_reader is not None:
         record["nvml_peak_mib"] = max(sampler.peak_mib, nvml_reader.read_mib())
         record["nvml_samples"] = sampler.samples + 1

@@ -8,6 +8,7 @@ import ctypes
 import gc
 import os
 import signal
+import time
 import traceback
 from dataclasses import dataclass
 
@@ -58,13 +59,16 @@ def limit_device_memory(limit_mib: float, nvml_reader) -> None:
 def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, prime: bool, measure=measure_point,
                    memory_limit_mib: float | None = None) -> dict:
     try:
+        started = time.perf_counter()
         if prime:
             prime_process(point)
             _release_memory(point.device)
+        prime_s = time.perf_counter() - started if prime else 0.0
         if memory_limit_mib is not None and point.device == "cuda":
             limit_device_memory(memory_limit_mib, nvml_reader)
         record = measure(point, budget, nvml_reader)
         record["status"] = "ok"
+        record["prime_s"] = prime_s
     except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded result
         status = "oom" if _is_out_of_memory(exc) else "error"
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
