@@ -142,6 +142,8 @@ def _serve(conn, device: str, cpu: int | None, threads: int, gpu: GpuAssignment 
             torch.backends.cudnn.version()
             torch.cuda.current_blas_handle()
             properties = torch.cuda.get_device_properties(torch.cuda.current_device())
+            # A worker given no GPU of its own runs on this process's current one, as --gpus numbers them.
+            gpu_columns.setdefault("gpu_index", torch.cuda.current_device())
             # torch prints the UUID bare; NVML and nvidia-smi prefix it
             gpu_columns.update(gpu_uuid=f"GPU-{properties.uuid}", device_name=properties.name)
             try:
