@@ -2,7 +2,7 @@
 import pytest
 from typer.testing import CliRunner
 
-from profiler.analysis.limits import LimitError, model_query, predicted_limit, search_largest
+from profiler.analysis.limits import LimitError, Probe, check_limit, model_query, predicted_limit, search_largest
 from profiler.cli import app
 
 
@@ -42,6 +42,7 @@ def test_a_budget_below_the_context_is_refused():
     (["--memory-gib", "4", "--dtype", "fp8"], "unknown dtype 'fp8'"),
     (["--memory-gib", "4", "--vary", "width"], "unknown --vary 'width'"),
     (["--memory-gib", "4", "--mode", "both"], "train or infer"),
+    (["--memory-gib", "4", "--models", "sasrec", "--check"], "a prediction has nothing to check"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     result = CliRunner().invoke(app, ["max-length", *args])
@@ -60,3 +61,24 @@ def test_the_table_and_csv_name_the_largest_length_and_what_fills_memory(tmp_pat
     assert list(table["model"]) == ["sasrec", "caser"]
     assert (table["largest"] > 16).all() and table["predicted"].all()
     assert set(table["dominant_part"]) <= {"params", "grads", "optimizer state", "inputs", "activations"}
+
+
+@pytest.mark.parametrize("boundary, holds", [(1000, True), (1050, True), (1100, False)])
+def test_a_check_runs_the_limit_and_ten_percent_above_it_alone(boundary, holds):
+    query = model_query("sasrec", None, "train", "tiny", "seq_len", 8, 24.0, "float32")
+    probed = []
+
+    def probe(q, value):
+        probed.append(value)
+        return Probe(value, value <= boundary, {})
+
+    checked = check_limit(query, 1000, probe)
+    assert probed == [1000, 1100]
+    assert checked.holds is holds and checked.above == 1100
+    assert checked.summary.startswith("fits at 1,000, ")
+    assert ("does not hold" in checked.summary) is not holds
+
+
+def test_a_check_of_a_small_limit_probes_above_it():
+    query = model_query("sasrec", None, "train", "tiny", "seq_len", 8, 24.0, "float32")
+    assert check_limit(query, 3, lambda q, v: Probe(v, v <= 3, {})).above == 4

@@ -6,6 +6,7 @@ doubles until a probe fails, then bisects between the last fit and the first fai
 GPU (or asked to predict), the tensor footprint measured on the CPU at a few lengths is fitted and
 solved for the budget: a prediction, labelled so.
 """
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,6 +29,8 @@ PROBE_TIMEOUT_S = 900.0
 CONTEXT_MIB = 830.0
 # The CPU lengths (or batch sizes) a prediction fits the footprint over.
 PREDICTION_LADDER = (16, 32, 64, 128)
+# A found limit is checked by running the step alone at it (it must fit) and this much above it (it must not).
+CHECK_MARGIN = 0.10
 FOOTPRINT_PARTS = ("params_mib", "grads_mib", "optimizer_state_mib", "inputs_mib", "activations_mib")
 
 
@@ -106,6 +109,32 @@ def measured_limit(query: LimitQuery, start: int, limit: int) -> tuple[int | Non
 
     good, bad = search_largest(fits, start, limit)
     return good, bad, probes
+
+
+@dataclass(frozen=True)
+class LimitCheck:
+    """The found limit run again, alone: at it, and ``CHECK_MARGIN`` above it."""
+
+    largest: int
+    above: int
+    fits_at_largest: bool
+    fits_above: bool
+
+    @property
+    def holds(self) -> bool:
+        return self.fits_at_largest and not self.fits_above
+
+    @property
+    def summary(self) -> str:
+        at = "fits" if self.fits_at_largest else "OOM"
+        above = "fits" if self.fits_above else "OOM"
+        return f"{at} at {self.largest:,}, {above} at {self.above:,}" + ("" if self.holds else " (does not hold)")
+
+
+def check_limit(query: LimitQuery, largest: int, probe: Callable[[LimitQuery, int], Probe] = probe_on_gpu) -> LimitCheck:
+    """Each value in a fresh worker of its own, as a user running that model alone would."""
+    above = max(largest + 1, math.ceil(largest * (1 + CHECK_MARGIN)))
+    return LimitCheck(largest, above, probe(query, largest).fits, probe(query, above).fits)
 
 
 def footprint_at(query: LimitQuery, value: int) -> dict:

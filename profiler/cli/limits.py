@@ -10,6 +10,7 @@ from models.registry import REGISTRY
 from profiler.analysis.limits import (
     CONTEXT_MIB,
     LimitError,
+    check_limit,
     dominant_part,
     footprint_parts_of,
     limit_of,
@@ -39,6 +40,7 @@ def max_length(
     limit: Annotated[int, typer.Option(min=2, help="Largest value searched.")] = 65536,
     predict: Annotated[bool, typer.Option(help="Predict from the tensor footprint on the CPU instead of measuring.")] = False,
     out_path: Annotated[Optional[Path], typer.Option("--out", help="Also write the table as CSV here.")] = None,
+    check: Annotated[bool, typer.Option(help="Run each found limit again alone, and 10% above it (GPU only).")] = False,
 ) -> None:
     """Search the largest length (or batch) that fits in --memory-gib; on a GPU every probe is a real step."""
     if vary not in VARY:
@@ -49,6 +51,8 @@ def max_length(
         fail("--dtype takes one value for a memory search")
     device = resolve_device("auto")
     predicting = predict or device == "cpu"
+    if check and predicting:
+        fail("--check runs real steps on a GPU; a prediction has nothing to check")
     if predicting:
         console.print(f"[bold yellow]Predicted[/] from the tensor footprint measured on the CPU plus "
                       f"{CONTEXT_MIB:.0f} MiB of CUDA context, not measured"
@@ -60,6 +64,7 @@ def max_length(
         query = model_query(model, attention[0] if attention else None, mode, profile, VARY[vary], fixed, memory_gib,
                             dtype[0] if dtype else "float32")
         top = limit_of(spec.max_len_limit, limit) if VARY[vary] == "seq_len" else limit
+        checked = None
         try:
             if predicting:
                 best, info = predicted_limit(query, top)
@@ -69,6 +74,8 @@ def max_length(
                 fitting = [p for p in probes if p.fits and p.value == best]
                 record = fitting[0].record if fitting else {}
                 parts, peak = footprint_parts_of(record), record.get("nvml_peak_mib")
+                if check and best is not None and best < top:
+                    checked = check_limit(query, best)
         except (LimitError, ValueError) as exc:
             fail(str(exc))
         rows.append({
@@ -76,18 +83,21 @@ def max_length(
             "fixed": fixed, "memory_gib": memory_gib, "dtype": query.dtype,
             "largest": best, "at_limit": best == top, "peak_nvml_mib": peak,
             "dominant_part": dominant_part(parts) if parts else "", "predicted": predicting, "device": device,
+            **({} if not check else {
+                "check": checked.summary if checked else "", "check_holds": checked.holds if checked else None}),
         })
     frame = pd.DataFrame(rows)
     what = "length" if VARY[vary] == "seq_len" else "batch size"
     table = Table(title=f"largest {what} in {memory_gib:g} GiB ({mode}, "
                         f"{'batch ' + str(batch_size) if what == 'length' else 'L=' + str(length)})"
                         + (", predicted" if predicting else ""))
-    for column in ("model", f"largest {what}", "peak MiB (nvidia-smi)", "memory dominated by"):
+    columns = ("model", f"largest {what}", "peak MiB (nvidia-smi)", "memory dominated by") + (("checked alone",) if check else ())
+    for column in columns:
         table.add_column(column, justify="right" if column != "model" and "dominated" not in column else "left")
     for row in rows:
         largest = "none fits" if row["largest"] is None else f"{row['largest']:,}" + ("+" if row["at_limit"] else "")
         peak = "-" if row["peak_nvml_mib"] is None else f"{row['peak_nvml_mib']:,.0f}"
-        table.add_row(row["model"], largest, peak, row["dominant_part"])
+        table.add_row(row["model"], largest, peak, row["dominant_part"], *((row["check"],) if check else ()))
     out.print(table)
     if out_path is not None:
         try:
