@@ -2,7 +2,16 @@
 import pytest
 from typer.testing import CliRunner
 
-from profiler.analysis.limits import LimitError, Probe, check_limit, model_query, predicted_limit, search_largest
+from profiler.analysis.limits import (
+    LimitError,
+    Probe,
+    ProbeWorkers,
+    check_limit,
+    measured_limit,
+    model_query,
+    predicted_limit,
+    search_largest,
+)
 from profiler.cli import app
 
 
@@ -82,3 +91,36 @@ def test_a_check_runs_the_limit_and_ten_percent_above_it_alone(boundary, holds):
 def test_a_check_of_a_small_limit_probes_above_it():
     query = model_query("sasrec", None, "train", "tiny", "seq_len", 8, 24.0, "float32")
     assert check_limit(query, 3, lambda q, v: Probe(v, v <= 3, {})).above == 4
+
+
+class FakeWorker:
+    """Fits up to ``boundary``; an OOM leaves it unusable, as a real one is retired."""
+
+    started: list["FakeWorker"] = []
+
+    def __init__(self, boundary: int):
+        self.boundary, self.values, self.closed, self.poisoned = boundary, [], False, False
+        FakeWorker.started.append(self)
+
+    def measure(self, point, budget, timeout_s, memory_limit_mib):
+        assert not self.closed and not self.poisoned, "a retired worker was asked for a probe"
+        self.values.append(point.seq_len)
+        fits = point.seq_len <= self.boundary
+        self.poisoned = not fits
+        return {"status": "ok" if fits else "oom"}
+
+    def close(self):
+        self.closed = True
+
+
+def test_probes_that_fit_share_a_worker_and_an_oom_retires_it():
+    FakeWorker.started = []
+    query = model_query("sasrec", None, "train", "tiny", "seq_len", 8, 24.0, "float32")
+    good, bad, probes = measured_limit(query, 16, 8192, lambda: ProbeWorkers(lambda: FakeWorker(777)))
+    assert (good, bad) == (777, 778)
+    used = [w for w in FakeWorker.started if w.values]
+    assert used[0].values == [16, 32, 64, 128, 256, 512, 1024]  # every fit up to the first OOM in one worker
+    assert all(w.closed for w in FakeWorker.started)
+    ooms = [p for p in probes if not p.fits]
+    assert len(used) == len(ooms) + (0 if probes[-1].fits is False else 1)  # a new worker after each OOM only
+    assert len(FakeWorker.started) == len(used) + 1  # and one spare, started ahead and closed unused

@@ -1,7 +1,8 @@
 """What fits on a card: the longest sequence (or largest batch) whose step fits in N GiB.
 
-On a GPU every probe runs the real step in a fresh worker whose allocator is held to what a card of
-that size leaves after the CUDA context, so an out-of-memory probe poisons nothing. The search
+On a GPU every probe runs the real step in a worker whose allocator is held to what a card of that
+size leaves after the CUDA context; a probe that runs out of memory retires its worker, so it
+poisons nothing, and ``--check`` runs the limit found again in fresh workers of its own. The search
 doubles until a probe fails, then bisects between the last fit and the first failure. Without a
 GPU (or asked to predict), the tensor footprint measured on the CPU at a few lengths is fitted and
 solved for the budget: a prediction, labelled so.
@@ -86,28 +87,75 @@ class LimitQuery:
                          dtype=self.dtype)
 
 
-def probe_on_gpu(query: LimitQuery, value: int) -> Probe:
-    """One real step in a fresh worker under the emulated card's memory."""
-    worker = Worker("cuda")
+def _probe_with(worker: Worker, query: LimitQuery, value: int) -> Probe:
     try:
         record = worker.measure(query.point(value, "cuda"), PROBE_BUDGET, PROBE_TIMEOUT_S, query.memory_gib * GIB_MIB)
     except (WorkerDied, WorkerTimedOut) as exc:
         raise LimitError(f"{query.model} at {query.vary} {value}: {exc}") from None
-    finally:
-        worker.close()
     if record["status"] == "error":
         raise LimitError(f"{query.model} at {query.vary} {value}: {record.get('error')}")
     return Probe(value, record["status"] == "ok", record)
 
 
-def measured_limit(query: LimitQuery, start: int, limit: int) -> tuple[int | None, int | None, list[Probe]]:
+def probe_on_gpu(query: LimitQuery, value: int) -> Probe:
+    """One real step in a fresh worker of its own under the emulated card's memory."""
+    worker = Worker("cuda")
+    try:
+        return _probe_with(worker, query, value)
+    finally:
+        worker.close()
+
+
+class ProbeWorkers:
+    """The workers of one search. A probe that fits leaves its worker as a sweep's ok point does
+    (its memory released, nothing else changed), so the next probe reuses it and skips a start and
+    the kernel priming, most of a probe's time; a probe that runs out of memory retires its worker,
+    and the next one runs in the spare started meanwhile, so an OOM poisons nothing."""
+
+    def __init__(self, worker_factory: Callable[[], Worker] = lambda: Worker("cuda")):
+        self._factory = worker_factory
+        self._worker: Worker | None = None
+        self._spare: Worker | None = None
+
+    def probe(self, query: LimitQuery, value: int) -> Probe:
+        if self._worker is None:
+            self._worker, self._spare = self._spare or self._factory(), None
+        try:
+            probe = _probe_with(self._worker, query, value)
+        except LimitError:
+            self._retire()
+            raise
+        if not probe.fits:
+            self._retire()
+        if self._spare is None:
+            self._spare = self._factory()  # starts (imports, CUDA context) while this search goes on
+        return probe
+
+    def _retire(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
+    def close(self) -> None:
+        self._retire()
+        if self._spare is not None:
+            self._spare.close()
+            self._spare = None
+
+
+def measured_limit(query: LimitQuery, start: int, limit: int,
+                   workers: Callable[[], ProbeWorkers] = ProbeWorkers) -> tuple[int | None, int | None, list[Probe]]:
     probes: list[Probe] = []
+    session = workers()
 
     def fits(value: int) -> bool:
-        probes.append(probe_on_gpu(query, value))
+        probes.append(session.probe(query, value))
         return probes[-1].fits
 
-    good, bad = search_largest(fits, start, limit)
+    try:
+        good, bad = search_largest(fits, start, limit)
+    finally:
+        session.close()
     return good, bad, probes
 
 
