@@ -3,6 +3,9 @@
 Run on a GPU machine with `pytest tests/test_gpu.py`. Each test measures real points through the
 runner, in worker processes, as a sweep does.
 """
+import pickle
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,6 +15,7 @@ from profiler.results.store import ResultsStore
 from profiler.run.lanes import LaneRunner, gpu_assignment
 from profiler.run.plan import plan_points
 from profiler.run.runner import RunnerOptions, SweepRunner
+from profiler.run.snapshots import prepare_folder, snapshot_name
 from profiler.run.workload import build_workload
 from profiler.trackers.timing import MeasurementBudget
 
@@ -168,3 +172,21 @@ def test_a_graph_captured_training_step_measures_and_trains(tmp_path, model, att
     assert any(not torch.equal(a, p) for a, p in zip(after_one, params))  # and so does every later one
     assert loss() < first  # the replays train: the batch's loss falls
     assert [p.grad.data_ptr() for p in params] == addresses  # the gradients stayed where captured
+
+
+def test_a_memory_snapshot_records_one_more_step_and_leaves_the_measured_peaks_alone(tmp_path):
+    points = cuda_points("sasrec", [200], attention="sdpa")
+    folder = prepare_folder(tmp_path / "snapshots")
+    row = measure(tmp_path, points, memory_snapshot_dir=folder)[0]
+    plain = measure(tmp_path, points, name="plain.csv")[0]
+    assert row["status"] == plain["status"] == "ok"
+    path = Path(row["memory_snapshot"])
+    assert path == folder / snapshot_name(points[0]) and row["snapshot_s"] > 0
+    with open(path, "rb") as file:
+        snapshot = pickle.load(file)  # what https://pytorch.org/memory_viz reads
+    events = [event for trace in snapshot["device_traces"] for event in trace]
+    assert events and {"alloc", "free_requested"} <= {event["action"] for event in events}
+    assert snapshot["segments"]
+    # the recorded step came after the peaks were read
+    assert row["peak_allocated_mib"] == pytest.approx(plain["peak_allocated_mib"], rel=0.01)
+    assert "memory_snapshot" not in plain
