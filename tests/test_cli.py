@@ -184,6 +184,14 @@ def test_bad_input_is_a_clear_error_with_exit_code_2(args, message):
     assert "Traceback" not in result.output
 
 
+def test_cuda_graphs_on_a_cpu_sweep_is_a_one_line_error(tmp_path):
+    result = invoke("sweep", "--models", "sasrec", "--lengths", "8", "--execution", "cuda-graphs",
+                    "--out", str(tmp_path / "r.csv"), *FAST_FLAGS)
+    assert result.exit_code == 2
+    assert result.output.strip() == "seqprof: error: --execution cuda-graphs needs a CUDA GPU; this sweep runs on the CPU"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     result = invoke("sweep", "--device", "cuda", "--lengths", "8")

@@ -6,7 +6,7 @@ from profiler.analysis.series import series_of
 from profiler.results.store import read_results
 from profiler.run.plan import plan_points
 from profiler.run.sweep import SweepRequest
-from profiler.run.workload import build_workload
+from profiler.run.workload import build_workload, capture_failure, step_function, training_optimizer
 from profiler.trackers.timing import MeasurementBudget
 
 
@@ -41,3 +41,63 @@ def test_a_results_file_from_before_the_knob_reads_as_eager():
     frame = read_results("results/h100-grid.csv")
     assert set(frame["execution"]) == {"eager"} and set(frame["dtype"]) == {"float32"}
     assert len(series_of(frame)) == len(frame.groupby(["model", "attention", "mode"]))
+
+
+def test_the_optimizer_of_a_graph_captured_step_is_capturable_and_an_eager_ones_is_not():
+    workload = build_workload("sasrec", "naive", "train", 8, 2, "tiny", "cpu")
+    assert not any(group["capturable"] for group in workload.optimizer.param_groups)
+    for name in ("sasrec", "bert4rec"):  # one param group, and two (BERT4Rec's decay groups)
+        model = build_workload(name, "naive", "train", 8, 2, "tiny", "cpu").model
+        optimizer = training_optimizer(model, "cuda-graphs")
+        assert optimizer.defaults["capturable"] and len(optimizer.param_groups) >= 1
+        assert all(group["capturable"] for group in optimizer.param_groups)
+        assert not optimizer.state  # set before any state exists
+        assert not any(group["capturable"] for group in training_optimizer(model, "eager").param_groups)
+
+
+def spy_on_zero_grad(optimizer) -> list:
+    calls = []
+    zero_grad = optimizer.zero_grad
+
+    def spy(set_to_none=True):
+        calls.append(set_to_none)
+        zero_grad(set_to_none=set_to_none)
+
+    optimizer.zero_grad = spy
+    return calls
+
+
+def test_the_graph_step_zeroes_gradients_in_place_and_the_eager_step_frees_them():
+    workload = build_workload("sasrec", "naive", "train", 8, 2, "tiny", "cpu")
+    eager_calls = spy_on_zero_grad(workload.optimizer)
+    workload.step()
+    assert eager_calls == [True]
+
+    graph_step = step_function("train", workload.model, workload.model.predict, workload.batch, workload.optimizer,
+                               "float32", "cpu", grads_in_place=True)
+    graph_step()
+    params = [p for p in workload.model.parameters() if p.grad is not None]
+    addresses = [p.grad.data_ptr() for p in params]
+    before = [p.detach().clone() for p in params]
+    for _ in range(2):
+        graph_step()
+    assert eager_calls == [True, False, False, False]
+    assert [p.grad.data_ptr() for p in params] == addresses  # the storage a replay writes to stays
+    assert any(p.grad.abs().sum() > 0 for p in params)  # and holds this step's gradients
+    assert any(not torch.equal(a, p) for a, p in zip(before, params))  # the steps trained
+
+
+@pytest.mark.parametrize("error, optimizer, expected", [
+    (RuntimeError("CUDA error: operation not permitted when stream is capturing\nCUDA kernel errors might be "
+                  "asynchronously reported"), torch.optim.Adam([torch.zeros(1)], capturable=True),
+     "the step makes the host wait for the GPU (.item(), .cpu(), a data-dependent shape), which a graph cannot "
+     "hold (RuntimeError: CUDA error: operation not permitted when stream is capturing)"),
+    (RuntimeError("Attempting CUDA graph capture of step() for an instance of SGD"), torch.optim.SGD([torch.zeros(1)]),
+     "its optimizer, SGD, has no capturable option (torch.optim's Adam and AdamW have one) "
+     "(RuntimeError: Attempting CUDA graph capture of step() for an instance of SGD)"),
+    (ValueError("\n  something else  \nmore"), None, "ValueError: something else"),
+])
+def test_a_failed_capture_says_in_one_line_what_made_it_fail(error, optimizer, expected):
+    message = capture_failure(error, optimizer)
+    assert message == f"the step cannot be captured as a CUDA graph: {expected}"
+    assert "\n" not in message

@@ -3,6 +3,9 @@
 Run on a GPU machine with `pytest tests/test_gpu.py`. Each test measures real points through the
 runner, in worker processes, as a sweep does.
 """
+import pickle
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,6 +15,8 @@ from profiler.results.store import ResultsStore
 from profiler.run.lanes import LaneRunner, gpu_assignment
 from profiler.run.plan import plan_points
 from profiler.run.runner import RunnerOptions, SweepRunner
+from profiler.run.snapshots import prepare_folder, snapshot_name
+from profiler.run.workload import build_workload
 from profiler.trackers.timing import MeasurementBudget
 
 pytestmark = [
@@ -134,3 +139,54 @@ def test_two_lanes_measure_what_one_gpu_measures(tmp_path):
         assert row["status"] == alone["status"] == "ok"
         assert row["peak_allocated_mib"] == alone["peak_allocated_mib"]
         assert row["time_median_ms"] == pytest.approx(alone["time_median_ms"], rel=0.03)
+
+
+@pytest.mark.parametrize("model, attention", [("sasrec", "sdpa"), ("convrec-light", "none")])
+def test_a_graph_captured_training_step_measures_and_trains(tmp_path, model, attention):
+    points = plan_points([model], [200], ["train"], [attention], 128, None, "cuda", executions=("cuda-graphs",))
+    row = measure(tmp_path, points)[0]
+    assert row["status"] == "ok", row["error"]
+    assert row["compile_s"] > 0 and row["time_median_ms"] > 0
+
+    workload = build_workload(model, attention, "train", 64, 16, "tiny", "cuda", execution="cuda-graphs")
+    assert all(group["capturable"] for group in workload.optimizer.param_groups)
+    workload.prepare()
+    params = [p for p in workload.model.parameters() if p.grad is not None]
+    addresses = [p.grad.data_ptr() for p in params]
+
+    def loss() -> float:
+        workload.model.eval()  # no dropout: the same batch gives the same loss
+        with torch.no_grad():
+            value = workload.model(workload.batch).item()
+        workload.model.train()
+        return value
+
+    first, before = loss(), [p.detach().clone() for p in params]
+    workload.step()
+    torch.cuda.synchronize()
+    after_one = [p.detach().clone() for p in params]
+    assert any(not torch.equal(a, b) for a, b in zip(before, after_one))  # a replay takes a step
+    for _ in range(30):
+        workload.step()
+    torch.cuda.synchronize()
+    assert any(not torch.equal(a, p) for a, p in zip(after_one, params))  # and so does every later one
+    assert loss() < first  # the replays train: the batch's loss falls
+    assert [p.grad.data_ptr() for p in params] == addresses  # the gradients stayed where captured
+
+
+def test_a_memory_snapshot_records_one_more_step_and_leaves_the_measured_peaks_alone(tmp_path):
+    points = cuda_points("sasrec", [200], attention="sdpa")
+    folder = prepare_folder(tmp_path / "snapshots")
+    row = measure(tmp_path, points, memory_snapshot_dir=folder)[0]
+    plain = measure(tmp_path, points, name="plain.csv")[0]
+    assert row["status"] == plain["status"] == "ok"
+    path = Path(row["memory_snapshot"])
+    assert path == folder / snapshot_name(points[0]) and row["snapshot_s"] > 0
+    with open(path, "rb") as file:
+        snapshot = pickle.load(file)  # what https://pytorch.org/memory_viz reads
+    events = [event for trace in snapshot["device_traces"] for event in trace]
+    assert events and {"alloc", "free_requested"} <= {event["action"] for event in events}
+    assert snapshot["segments"]
+    # the recorded step came after the peaks were read
+    assert row["peak_allocated_mib"] == pytest.approx(plain["peak_allocated_mib"], rel=0.01)
+    assert "memory_snapshot" not in plain

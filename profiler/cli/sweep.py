@@ -103,6 +103,10 @@ def sweep(
         callback=options.parse_backend, metavar="BACKEND",
         help="local (this host) or ray (a task per model variant on the Ray cluster in RAY_ADDRESS, "
         "else a local one; needs the ray extra).")] = "local",
+    memory_snapshot: Annotated[Optional[Path], typer.Option(
+        metavar="DIR", show_default="none",
+        help="On CUDA, one more step of every point after its timed steps, its allocator history "
+        "written to DIR as a pickle that https://pytorch.org/memory_viz opens; created if missing.")] = None,
 ) -> None:
     """Measure memory and time per step over a grid of models and lengths."""
     try:
@@ -165,6 +169,7 @@ def sweep(
             argv=sys.argv[1:],
             gpus=gpus,
             backend=backend,
+            memory_snapshot_dir=memory_snapshot,
         )
         store, rows, interrupted, elapsed = measure_with_progress(
             request,

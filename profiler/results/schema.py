@@ -124,6 +124,9 @@ COLUMNS = [
     "matmul_tf32", "cudnn_tf32", "torch_threads",
     # device memory
     "peak_allocated_mib", "peak_reserved_mib", "nvml_peak_mib", "nvml_baseline_mib", "nvml_source", "nvml_samples",
+    # --memory-snapshot: the file holding the allocator's history of one more step, after the timed
+    # steps and the peaks above, and the seconds that step took, recorded and written
+    "memory_snapshot", "snapshot_s",
     # device-independent memory: the tensors a step needs
     "params_mib", "grads_mib", "optimizer_state_mib", "inputs_mib", "activations_mib", "tensor_footprint_mib",
     # size and work
@@ -138,7 +141,7 @@ COLUMNS = [
 ]
 # Columns read as text whatever they hold (an empty error column would otherwise read as floats).
 TEXT_COLUMNS = {name: "string" for name in ("error", "nvml_source", "time_clock", "plugin_ref", "plugin_sha256",
-                                            "step_times_ms", "wall_times_ms", "gpu_uuid")}
+                                            "step_times_ms", "wall_times_ms", "gpu_uuid", "memory_snapshot")}
 # A file must have these to be read; later-added columns are optional and read as empty.
 REQUIRED_COLUMNS = [c for c in KEY_COLUMNS if c not in KNOB_DEFAULTS] + ["status", "error", "time_median_ms", "tensor_footprint_mib", "peak_allocated_mib"]
 

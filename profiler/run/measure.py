@@ -6,6 +6,7 @@ out-of-memory error propagates to the worker, which records it as a result.
 import contextlib
 import gc
 import time
+from pathlib import Path
 
 import torch
 
@@ -14,6 +15,7 @@ from profiler.results.record import samples_text
 from profiler.results.schema import PointSpec
 from profiler.run.plugins import plugin_columns, resolve_spec, unsupported
 from profiler.run.precision import apply_precision, precision_flags
+from profiler.run.snapshots import record_snapshot, snapshot_name
 from profiler.run.workload import build_workload, step_costs
 from profiler.trackers.nvml import NvmlPeakSampler
 from profiler.trackers.timing import MeasurementBudget, StepTimes, time_step
@@ -78,8 +80,11 @@ def timing_columns(times: StepTimes) -> dict:
     )
 
 
-def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None) -> dict:
-    """The full record of one point. ``nvml_reader`` is an ``NvmlMemoryReader`` on CUDA, else None."""
+def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None,
+                  snapshot_dir: Path | None = None) -> dict:
+    """The full record of one point. ``nvml_reader`` is an ``NvmlMemoryReader`` on CUDA, else None.
+    ``snapshot_dir``: on CUDA, where one more step, after the timed ones, leaves its allocator
+    history (profiler/run/snapshots.py)."""
     device = point.device
     apply_precision(point.dtype)
     # A plug-in's hash as this process imported it: the file measured, even if it changed since.
@@ -138,6 +143,11 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None)
     if device == "cuda":
         record["peak_allocated_mib"] = torch.cuda.max_memory_allocated() / MIB
         record["peak_reserved_mib"] = torch.cuda.max_memory_reserved() / MIB
+    if snapshot_dir is not None and device == "cuda":
+        # After the peaks are read: the recorded step is neither timed nor in the memory columns.
+        path = Path(snapshot_dir) / snapshot_name(point)
+        record["snapshot_s"] = record_snapshot(workload.step, path)
+        record["memory_snapshot"] = str(path)
     record.update(timing_columns(times))
     record["achieved_tflops"] = record["flops_per_step"] / (record["time_median_ms"] * 1e-3) / 1e12
     return record

@@ -15,15 +15,16 @@ import multiprocessing
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from multiprocessing import resource_tracker
+from pathlib import Path
 from typing import Callable, Iterator
 
 from models.profiles import get_profile
 from profiler.results.schema import PointSpec, SeriesKey, oom_note
 from profiler.results.store import ResultsStore
 from profiler.run.plugins import plugin_columns, resolve_spec, unsupported
-from profiler.run.worker import WORKER_HELD_SIGNALS, GpuAssignment, worker_main
+from profiler.run.worker import WORKER_HELD_SIGNALS, GpuAssignment, point_message, worker_main
 from profiler.trackers.timing import MeasurementBudget
 
 
@@ -34,6 +35,7 @@ class RunnerOptions:
     fresh_worker_per_point: bool = False
     pin_cpu: bool = True  # on CUDA: one core for the worker (see worker_main)
     threads: int = 1  # torch's intra-op threads in the worker
+    memory_snapshot_dir: Path | None = None  # on CUDA, a memory snapshot of every point goes here
 
 
 class WorkerDied(Exception):
@@ -102,11 +104,12 @@ class Worker:
         self.start_s = time.perf_counter() - self._spawned_at
 
     def measure(self, point: PointSpec, budget: MeasurementBudget, timeout_s: float,
-                memory_limit_mib: float | None = None) -> dict:
-        """``memory_limit_mib``: the device memory of a smaller card to emulate (context included)."""
+                memory_limit_mib: float | None = None, memory_snapshot_dir: Path | None = None) -> dict:
+        """``memory_limit_mib``: the device memory of a smaller card to emulate (context included);
+        ``memory_snapshot_dir``: where the point's memory snapshot goes (on CUDA)."""
         self._wait_until_ready(timeout_s)
         try:
-            self._conn.send({"point": point.as_dict(), "budget": asdict(budget), "memory_limit_mib": memory_limit_mib})
+            self._conn.send(point_message(point, budget, memory_limit_mib, memory_snapshot_dir))
         except OSError:  # the pipe broke: the worker died since its last point
             raise WorkerDied(self._death_cause()) from None
         record = self._receive(timeout_s, "point")
@@ -252,7 +255,8 @@ class Lane:
         fresh = worker.points_measured == 0
         started = time.perf_counter()
         try:
-            record = worker.measure(point, self.options.budget, self.options.point_timeout_s)
+            record = worker.measure(point, self.options.budget, self.options.point_timeout_s,
+                                    memory_snapshot_dir=self.options.memory_snapshot_dir)
         except (WorkerDied, WorkerTimedOut) as exc:
             record = {"status": "error", "error": str(exc)}
         record["worker_fresh"] = fresh

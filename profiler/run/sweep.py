@@ -15,6 +15,7 @@ from profiler.run.plan import plan_points
 from profiler.run.plugins import check_unchanged, resolve_spec
 from profiler.run.precision import DTYPES
 from profiler.run.runner import RunnerOptions, SweepEvents, SweepRunner
+from profiler.run.snapshots import prepare_folder
 from profiler.trackers.environment import collect_environment, resolve_device, visible_gpu_count
 from profiler.trackers.timing import MeasurementBudget
 
@@ -116,6 +117,7 @@ class SweepRequest:
     argv: list[str] = field(default_factory=list)
     gpus: list[int] | None = None  # GPUs of this host to spread the points over; None: every visible one
     backend: str = "local"
+    memory_snapshot_dir: Path | None = None  # a memory snapshot of every point goes here (CUDA only)
 
     def validate(self) -> None:
         """Raises ValueError with one line for a combination no point of which could run."""
@@ -147,6 +149,13 @@ class SweepRequest:
             profile = get_profile(self.profile or spec.default_profile)
             if spec.needs_item_features and profile.item_feature_dim is None:
                 raise ValueError(f"model {model!r} needs item features; profile {profile.name!r} has none")
+        if self.memory_snapshot_dir is not None:
+            if self.device != "cuda":
+                raise ValueError("--memory-snapshot records the CUDA allocator; this sweep runs on the CPU")
+            if self.backend == "ray":
+                raise ValueError("--memory-snapshot writes its files on this host; with --backend ray the points "
+                                 "run on the cluster's nodes")
+            prepare_folder(self.memory_snapshot_dir)  # last: nothing else stops the sweep once it exists
 
     def plan(self) -> list[PointSpec]:
         return plan_points(
@@ -178,8 +187,9 @@ def sweep_gpus(request: SweepRequest) -> list[int]:
 
 def make_runner(request: SweepRequest, store: ResultsStore, events: SweepEvents, device_name: str) -> SweepRunner:
     """In order on the CPU or one GPU; a lane per GPU on several; Ray tasks with --backend ray."""
+    snapshots = request.memory_snapshot_dir
     options = RunnerOptions(request.budget, request.point_timeout_s, request.fresh_worker_per_point, request.pin_cpu,
-                            request.threads)
+                            request.threads, Path(snapshots).resolve() if snapshots is not None else None)
     if request.backend == "ray":
         return ray_backend().RayRunner(store, options, events, device_name)
     gpus = [gpu_assignment(index) for index in sweep_gpus(request)]
@@ -231,6 +241,7 @@ def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -
                 "seed": request.seed,
                 "budget": request.budget.__dict__,
                 "points_planned": len(points),
+                "memory_snapshot_dir": str(request.memory_snapshot_dir) if request.memory_snapshot_dir else None,
                 "started": environment["timestamp"],
                 **placement,
             }

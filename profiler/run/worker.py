@@ -10,7 +10,8 @@ import os
 import signal
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -56,8 +57,17 @@ def limit_device_memory(limit_mib: float, nvml_reader) -> None:
     torch.cuda.set_per_process_memory_fraction(min(1.0, (limit_mib - held_mib) / total_mib))
 
 
+def point_message(point: PointSpec, budget: MeasurementBudget, memory_limit_mib: float | None = None,
+                  memory_snapshot_dir: Path | None = None) -> dict:
+    """What the runner sends a worker for one point, in plain values. ``memory_limit_mib``: the
+    device memory of a smaller card to emulate; ``memory_snapshot_dir``: where the point's memory
+    snapshot goes (profiler/run/snapshots.py)."""
+    return {"point": point.as_dict(), "budget": asdict(budget), "memory_limit_mib": memory_limit_mib,
+            "memory_snapshot_dir": None if memory_snapshot_dir is None else str(memory_snapshot_dir)}
+
+
 def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, prime: bool, measure=measure_point,
-                   memory_limit_mib: float | None = None) -> dict:
+                   memory_limit_mib: float | None = None, snapshot_dir: Path | None = None) -> dict:
     try:
         started = time.perf_counter()
         if prime:
@@ -66,7 +76,7 @@ def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, pri
         prime_s = time.perf_counter() - started if prime else 0.0
         if memory_limit_mib is not None and point.device == "cuda":
             limit_device_memory(memory_limit_mib, nvml_reader)
-        record = measure(point, budget, nvml_reader)
+        record = measure(point, budget, nvml_reader, snapshot_dir=snapshot_dir)
         record["status"] = "ok"
         record["prime_s"] = prime_s
     except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded result
@@ -174,8 +184,10 @@ def _serve(conn, device: str, cpu: int | None, threads: int, gpu: GpuAssignment 
             pinned = True
         point = PointSpec(**message["point"])
         budget = MeasurementBudget(**message["budget"])
+        snapshot_dir = message.get("memory_snapshot_dir")
         record = measure_safely(point, budget, nvml_reader, prime=not primed, measure=measure,
-                                memory_limit_mib=message.get("memory_limit_mib"))
+                                memory_limit_mib=message.get("memory_limit_mib"),
+                                snapshot_dir=Path(snapshot_dir) if snapshot_dir is not None else None)
         primed = True
         if nvml_unavailable:
             record["nvml_source"] = nvml_unavailable

@@ -65,54 +65,115 @@ def build_workload(
     optimizer = None
     if mode == "train":
         model.train()
-        optimizer = model.configure_optimizer()
+        optimizer = training_optimizer(model, execution)
     else:
         model.eval()
 
-    def step_with(forward: Callable, predict: Callable) -> Callable[[], None]:
-        if mode == "train":
-            def train_step() -> None:
-                optimizer.zero_grad(set_to_none=True)
-                with forward_context(dtype, device):
-                    loss = forward(batch)
-                loss.backward()
-                optimizer.step()
-            return train_step
+    def step_of(forward: Callable, predict: Callable, grads_in_place: bool = False) -> Callable[[], None]:
+        return step_function(mode, forward, predict, batch, optimizer, dtype, device, grads_in_place)
 
-        def infer_step() -> None:
-            with torch.inference_mode(), forward_context(dtype, device):
-                predict(batch)
-        return infer_step
-
-    eager = step_with(model, model.predict)
+    if execution == "cuda-graphs":
+        # The probes and the warm-up run the step that is captured, so the gradients they allocate
+        # are the ones the graph goes on zeroing and filling.
+        graph_step = step_of(model, model.predict, grads_in_place=True)
+        workload = Workload(model, batch, optimizer, graph_step, mode, eager_step=graph_step)
+        workload.prepare = lambda: _capture(workload, graph_step)
+        return workload
+    eager = step_of(model, model.predict)
     workload = Workload(model, batch, optimizer, eager, mode, eager_step=eager)
     if execution == "compile":
         # Compilation happens at the first call: ``prepare`` makes that call, so it stays out of
         # every timed step and its cost is recorded on its own.
-        workload.step = step_with(torch.compile(model), torch.compile(model.predict))
+        workload.step = step_of(torch.compile(model), torch.compile(model.predict))
         workload.prepare = workload.step
-    elif execution == "cuda-graphs":
-        workload.prepare = lambda: _capture(workload, eager)
     return workload
 
 
-def _capture(workload: Workload, eager: Callable[[], None]) -> None:
+def training_optimizer(model: nn.Module, execution: str) -> torch.optim.Optimizer:
+    """The model's own optimizer (``configure_optimizer``); for ``cuda-graphs`` made capturable.
+
+    A captured optimizer step must keep its step counters on the device and update them there, or a
+    replay would repeat the first step's bias correction forever; torch.optim's Adam and AdamW do so
+    with ``capturable=True``. It is set before any state exists, so the state is created that way.
+    An optimizer without the option is left as it is: its capture fails, and the error says why.
+    """
+    optimizer = model.configure_optimizer()
+    if execution == "cuda-graphs" and "capturable" in optimizer.defaults:
+        optimizer.defaults["capturable"] = True
+        for group in optimizer.param_groups:
+            group["capturable"] = True
+    return optimizer
+
+
+def step_function(
+    mode: str,
+    forward: Callable,
+    predict: Callable,
+    batch: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer | None,
+    dtype: str,
+    device: str,
+    grads_in_place: bool = False,
+) -> Callable[[], None]:
+    """The step of ``mode`` over ``batch``. ``grads_in_place``: zero_grad zeroes the gradients
+    where they are (``set_to_none=False``) instead of freeing them, as a CUDA graph needs: its
+    replay writes to the addresses it captured. Eager and compiled steps free them, as training
+    loops do."""
+    if mode == "train":
+        def train_step() -> None:
+            optimizer.zero_grad(set_to_none=not grads_in_place)
+            with forward_context(dtype, device):
+                loss = forward(batch)
+            loss.backward()
+            optimizer.step()
+        return train_step
+
+    def infer_step() -> None:
+        with torch.inference_mode(), forward_context(dtype, device):
+            predict(batch)
+    return infer_step
+
+
+def _capture(workload: Workload, step: Callable[[], None]) -> None:
     """Captures the whole step as one CUDA graph and makes its replay the timed step. Warm-up runs
-    on a side stream first, as capture requires; a step that syncs with the host cannot be captured
-    and raises, which the worker records with its message."""
+    on a side stream first, as capture requires. A step that cannot be captured raises with the
+    reason in one line, which the worker records; running out of memory stays an out-of-memory."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(3):
-            eager()
+            step()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     try:
         with torch.cuda.graph(graph):
-            eager()
+            step()
+    except torch.OutOfMemoryError:
+        raise
     except Exception as exc:  # noqa: BLE001 - re-raised with what it means for this point
-        raise RuntimeError(f"the step cannot be captured as a CUDA graph: {exc}") from exc
+        raise RuntimeError(capture_failure(exc, workload.optimizer)) from exc
     workload.step = graph.replay
+
+
+# How CUDA and torch word a capture broken by work the host has to wait for (a copy to the host, a
+# synchronisation): "operation not permitted when stream is capturing", "operation failed due to a
+# previous error during capture", "... during CUDA graph capture".
+HOST_SYNC_SIGNS = ("not permitted when stream is capturing", "during capture", "during cuda graph capture")
+
+
+def capture_failure(exc: BaseException, optimizer: torch.optim.Optimizer | None) -> str:
+    """One line: why a step could not be captured as a CUDA graph, and the error that said so."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    if optimizer is not None and not all(group.get("capturable") for group in optimizer.param_groups):
+        name = type(optimizer).__name__
+        why = f"its optimizer, {name}, has no capturable option (torch.optim's Adam and AdamW have one)"
+    elif any(sign in said.lower() for sign in HOST_SYNC_SIGNS):
+        why = ("the step makes the host wait for the GPU (.item(), .cpu(), a data-dependent shape), "
+               "which a graph cannot hold")
+    else:
+        return f"the step cannot be captured as a CUDA graph: {said}"
+    return f"the step cannot be captured as a CUDA graph: {why} ({said})"
 
 
 @dataclass(frozen=True)
