@@ -134,3 +134,19 @@ def test_two_lanes_measure_what_one_gpu_measures(tmp_path):
         assert row["status"] == alone["status"] == "ok"
         assert row["peak_allocated_mib"] == alone["peak_allocated_mib"]
         assert row["time_median_ms"] == pytest.approx(alone["time_median_ms"], rel=0.03)
+
+
+def test_a_point_on_cuda_reaches_a_fraction_of_the_peaks_its_worker_measured(tmp_path):
+    points = plan_points(["sasrec"], [200, 500], ["train"], ["naive"], 128, None, "cuda",
+                         dtypes=("float32", "tf32", "bf16"))
+    rows = measure(tmp_path, points)
+    assert [r["status"] for r in rows] == ["ok"] * 6
+    for row in rows:
+        assert 0 < row["peak_fraction"] <= 1.05, row
+        assert 0 < row["bandwidth_fraction"], row
+        assert row["peak_bandwidth_gib_s"] > 100 and isinstance(row["memory_bound"], bool)
+        assert row["moved_mib_per_step"] > 0 and row["flops_per_byte"] > 0
+    peaks = {r["dtype"]: r["peak_tflops"] for r in rows}
+    assert len({(r["dtype"], r["peak_tflops"]) for r in rows}) == 3  # measured once per dtype in the worker
+    assert peaks["float32"] > 5  # TF32 off: tens of TFLOP/s on a data-centre GPU
+    assert peaks["tf32"] > peaks["float32"] and peaks["bf16"] > peaks["float32"]  # tensor cores

@@ -16,6 +16,7 @@ from profiler.run.plugins import plugin_columns, resolve_spec, unsupported
 from profiler.run.precision import apply_precision, precision_flags
 from profiler.run.workload import build_workload, step_costs
 from profiler.trackers.nvml import NvmlPeakSampler
+from profiler.trackers.peak_rate import PeakRates, roofline_columns
 from profiler.trackers.timing import MeasurementBudget, StepTimes, time_step
 from profiler.units import MIB
 
@@ -78,8 +79,9 @@ def timing_columns(times: StepTimes) -> dict:
     )
 
 
-def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None) -> dict:
-    """The full record of one point. ``nvml_reader`` is an ``NvmlMemoryReader`` on CUDA, else None."""
+def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None, peak: PeakRates | None = None) -> dict:
+    """The full record of one point. ``nvml_reader`` is an ``NvmlMemoryReader`` on CUDA, else None;
+    ``peak``: the device's peak rates in the point's arithmetic, which the row's fractions are of."""
     device = point.device
     apply_precision(point.dtype)
     # A plug-in's hash as this process imported it: the file measured, even if it changed since.
@@ -115,6 +117,8 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None)
         activations_mib=costs.footprint.activations_mib,
         tensor_footprint_mib=costs.tensor_footprint_mib,
         flops_per_step=costs.flops_per_step,
+        moved_mib_per_step=costs.moved_bytes_per_step / MIB,
+        flops_per_byte=costs.flops_per_byte,
     )
 
     gc.collect()
@@ -140,4 +144,6 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None)
         record["peak_reserved_mib"] = torch.cuda.max_memory_reserved() / MIB
     record.update(timing_columns(times))
     record["achieved_tflops"] = record["flops_per_step"] / (record["time_median_ms"] * 1e-3) / 1e12
+    if peak is not None:
+        record.update(roofline_columns(costs.flops_per_step, costs.moved_bytes_per_step, record["time_median_ms"], peak))
     return record
