@@ -1,13 +1,17 @@
 """Throughput against the device's limits: the traffic counter, the peak rates and when they are
-measured, the row's fractions and bound."""
+measured, the row's fractions and bound, and the peaks a run records in its sidecar."""
+import json
+
 import pytest
 import torch
 from helpers import TINY_BUDGET
 from torch.utils.flop_counter import FlopCounterMode
 
 from profiler.results.schema import COLUMNS, PointSpec
+from profiler.results.store import ResultsStore, sidecar_path
 from profiler.run.measure import measure_point
 from profiler.run.precision import matmul_arithmetic
+from profiler.run.sweep import peak_rates_of
 from profiler.run.worker import measure_safely, peak_rates_for
 from profiler.run.workload import build_workload, step_costs
 from profiler.trackers.peak_rate import SIZES, PeakRateCache, PeakRates, measure_peak_rates, roofline_columns
@@ -154,3 +158,44 @@ def test_the_columns_are_in_the_schema():
                    "bandwidth_fraction", "memory_bound", "peak_rate_s"):
         assert column in COLUMNS
 
+
+def _row(dtype, gpu_index, tflops, status="ok"):
+    row = {"device": "cuda", "dtype": dtype, "gpu_index": gpu_index, "gpu_uuid": f"GPU-{gpu_index}",
+           "device_name": "Test GPU", "status": status}
+    if status == "ok":
+        row.update(peak_tflops=tflops, peak_bandwidth_gib_s=10 * tflops)
+    return row
+
+
+def test_the_sidecar_records_the_first_peaks_of_each_gpu_and_dtype(tmp_path):
+    rows = [_row("float32", 0, 50.0, status="oom"), _row("float32", 0, 51.0), _row("float32", 0, 52.0),
+            _row("bf16", 0, 700.0), _row("float32", 1, 49.0), {**_row("float32", 0, float("nan"))}]
+    assert peak_rates_of(rows) == [
+        {"device": "cuda", "gpu_index": 0, "gpu_uuid": "GPU-0", "device_name": "Test GPU", "dtype": "float32",
+         "peak_tflops": 51.0, "peak_bandwidth_gib_s": 510.0},
+        {"device": "cuda", "gpu_index": 0, "gpu_uuid": "GPU-0", "device_name": "Test GPU", "dtype": "bf16",
+         "peak_tflops": 700.0, "peak_bandwidth_gib_s": 7000.0},
+        {"device": "cuda", "gpu_index": 1, "gpu_uuid": "GPU-1", "device_name": "Test GPU", "dtype": "float32",
+         "peak_tflops": 49.0, "peak_bandwidth_gib_s": 490.0},
+    ]
+    assert peak_rates_of([_row("float32", 0, 1.0, status="error")]) == []
+
+
+def test_a_sweep_writes_the_peaks_it_measured_into_its_sidecar(tmp_path):
+    from profiler.run.runner import SweepEvents
+    from profiler.run.sweep import CPU_DEFAULTS, SweepRequest, run_sweep
+
+    out = tmp_path / "r.csv"
+    request = SweepRequest(models=["sasrec"], lengths=[8, 12], modes=["train"], attentions=["naive"], batch_size=4,
+                           profile="tiny", device="cpu", seed=0, budget=TINY_BUDGET, out=out, resume=False,
+                           point_timeout_s=60.0, dtypes=["float32", "bf16"], threads=CPU_DEFAULTS.threads)
+    with ResultsStore.create(out) as store:
+        rows, _ = run_sweep(request, store, SweepEvents())
+    recorded = json.loads(sidecar_path(out).read_text())["runs"][-1]["peak_rates"]
+    assert [entry["dtype"] for entry in recorded] == ["float32", "bf16"]
+    first = {row["dtype"]: row for row in reversed(rows)}  # the first row of each dtype
+    for entry in recorded:
+        assert entry["peak_tflops"] == first[entry["dtype"]]["peak_tflops"] > 0
+        assert entry["peak_bandwidth_gib_s"] == first[entry["dtype"]]["peak_bandwidth_gib_s"] > 0
+    # one worker measured both dtypes, each once: every row of a dtype carries the same peaks
+    assert len({(row["dtype"], row["peak_tflops"]) for row in rows}) == 2
