@@ -7,6 +7,7 @@ import math
 
 MIB = 2**20
 MIB_PER_GIB = 1024
+GIB = MIB * MIB_PER_GIB  # bandwidths are in GiB/s
 
 
 def format_mib(value: float) -> str:

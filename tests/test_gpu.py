@@ -190,3 +190,19 @@ def test_a_memory_snapshot_records_one_more_step_and_leaves_the_measured_peaks_a
     # the recorded step came after the peaks were read
     assert row["peak_allocated_mib"] == pytest.approx(plain["peak_allocated_mib"], rel=0.01)
     assert "memory_snapshot" not in plain
+
+
+def test_a_point_on_cuda_reaches_a_fraction_of_the_peaks_its_worker_measured(tmp_path):
+    points = plan_points(["sasrec"], [200, 500], ["train"], ["naive"], 128, None, "cuda",
+                         dtypes=("float32", "tf32", "bf16"))
+    rows = measure(tmp_path, points)
+    assert [r["status"] for r in rows] == ["ok"] * 6
+    for row in rows:
+        assert 0 < row["peak_fraction"] <= 1.05, row
+        assert 0 < row["bandwidth_fraction"], row
+        assert row["peak_bandwidth_gib_s"] > 100 and isinstance(row["memory_bound"], bool)
+        assert row["moved_mib_per_step"] > 0 and row["flops_per_byte"] > 0
+    peaks = {r["dtype"]: r["peak_tflops"] for r in rows}
+    assert len({(r["dtype"], r["peak_tflops"]) for r in rows}) == 3  # measured once per dtype in the worker
+    assert peaks["float32"] > 5  # TF32 off: tens of TFLOP/s on a data-centre GPU
+    assert peaks["tf32"] > peaks["float32"] and peaks["bf16"] > peaks["float32"]  # tensor cores

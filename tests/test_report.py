@@ -239,3 +239,35 @@ def test_the_breakdown_names_each_part_of_the_footprint_and_the_largest():
     assert rows["caser"][-1].startswith("optimizer") and rows["sasrec[naive]"][-1].startswith("activations")
     total = sum(float(v.replace(",", "")) for v in rows["sasrec[sdpa]"][3:8])
     assert abs(total - float(rows["sasrec[sdpa]"][8].replace(",", ""))) < 0.5
+
+
+def test_the_throughput_table_gives_the_fraction_of_peak_and_the_bound_at_the_longest_length(tmp_path):
+    frame = synthetic_results()
+    sasrec, light = frame["model"] == "sasrec", frame["model"] == "convrec-light"
+    longest = frame["seq_len"] == frame.loc[sasrec, "seq_len"].max()
+    frame.loc[sasrec, ["peak_fraction", "bandwidth_fraction", "memory_bound"]] = [0.01, 0.5, True]
+    frame.loc[sasrec & longest, ["peak_fraction", "bandwidth_fraction", "memory_bound"]] = [0.42, 0.031, False]
+    frame.loc[light & longest, ["peak_fraction", "bandwidth_fraction", "memory_bound"]] = [0.0035, 0.8, True]
+    path = tmp_path / "peaks.csv"
+    frame.to_csv(path, index=False)
+    tables = build_report(analyse(read_results(path), n_boot=0), ["train"])
+    throughput = next(t for t in tables if t.title.startswith("Achieved TFLOP/s"))
+    assert _cells(throughput, "% peak at max L") == {"sasrec[naive]": "42%", "convrec-light": "0.35%", "cosrec": "-",
+                                                     "caser": "-"}
+    assert _cells(throughput, "% bandwidth at max L")["sasrec[naive]"] == "3.1%"
+    assert _cells(throughput, "bound at max L") == {"sasrec[naive]": "compute", "convrec-light": "memory", "cosrec": "-",
+                                                    "caser": "-"}
+
+
+def test_a_file_from_before_the_peak_columns_reports_them_blank(tmp_path):
+    path = tmp_path / "old.csv"
+    columns = ["peak_tflops", "peak_bandwidth_gib_s", "peak_fraction", "bandwidth_fraction", "memory_bound",
+               "moved_mib_per_step", "flops_per_byte", "peak_rate_s"]
+    synthetic_results().drop(columns=columns).to_csv(path, index=False)
+    throughput = next(t for t in build_report(analyse(read_results(path), n_boot=0), ["train"])
+                      if t.title.startswith("Achieved TFLOP/s"))
+    assert set(_cells(throughput, "% peak at max L").values()) == {"-"}
+    assert set(_cells(throughput, "bound at max L").values()) == {"-"}
+    result = runner.invoke(app, ["report", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "Achieved TFLOP/s" in result.output

@@ -118,8 +118,8 @@ def summary_table(frame: pd.DataFrame, title: str) -> Table:
 
 
 # The phases of a point, in the order a worker runs them (the columns of profiler/results/schema.py).
-PHASES = {"prime_s": "priming", "build_s": "building", "probe_s": "probes", "compile_s": "compiling",
-          "steps_s": "steps", "snapshot_s": "snapshot"}
+PHASES = {"prime_s": "priming", "peak_rate_s": "peak rates", "build_s": "building", "probe_s": "probes",
+          "compile_s": "compiling", "steps_s": "steps", "snapshot_s": "snapshot"}
 
 
 def phase_breakdown(rows: list[dict]) -> str | None:

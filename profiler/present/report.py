@@ -114,12 +114,30 @@ def fit_table(analysis: Analysis, metric: str, mode: str | None = None) -> Repor
     return table
 
 
+def _percent_cell(row: pd.Series, column: str) -> str:
+    """A fraction as a percentage, '-' where the row has none (a file from before the column)."""
+    value = float(pd.to_numeric(row.get(column), errors="coerce"))
+    return f"{format_significant(100 * value)}%" if np.isfinite(value) else "-"
+
+
+def _bound_cell(row: pd.Series) -> str:
+    """'memory' or 'compute': which of the device's peaks limits the step at its FLOPs per byte."""
+    flag = str(row.get("memory_bound")).lower()  # a bool as written, "True" as read back
+    return {"true": "memory", "false": "compute"}.get(flag, "-")
+
+
 def throughput_table(analysis: Analysis, mode: str | None = None) -> ReportTable:
-    """Achieved TFLOP/s (FLOPs per step over the median step time) per variant."""
+    """Achieved TFLOP/s (FLOPs per step over the median step time) per variant, and at the longest
+    length the fractions of the device's peak rate and bandwidth and which of the two binds."""
     table = ReportTable(
         title="Achieved TFLOP/s (FLOPs per step / median step time)" + (f" ({mode})" if mode else ""),
-        columns=["model", "mode", "at min L", "at max L", "best", "best at L", "GFLOPs per step at max L"],
-        right={"at min L", "at max L", "best", "best at L", "GFLOPs per step at max L"},
+        columns=["model", "mode", "at min L", "at max L", "best", "best at L", "GFLOPs per step at max L",
+                 "% peak at max L", "% bandwidth at max L", "bound at max L"],
+        right={"at min L", "at max L", "best", "best at L", "GFLOPs per step at max L", "% peak at max L",
+               "% bandwidth at max L"},
+        notes=["% peak, % bandwidth: of the device's matmul rate and copy bandwidth in the dtype, measured by "
+               "each worker; bound: memory where FLOPs per byte moved lie below peak rate / bandwidth; the bytes "
+               "are the ops' inputs and outputs, an upper bound on the traffic"],
     )
     for series in analysis.series:
         if (mode and series.key.mode != mode) or series.ok.empty:
@@ -129,9 +147,11 @@ def throughput_table(analysis: Analysis, mode: str | None = None) -> ReportTable
             continue
         best = int(np.nanargmax(tflops))
         flops = pd.to_numeric(series.ok["flops_per_step"], errors="coerce").to_numpy(dtype=float)
+        longest = series.ok.iloc[-1]
         table.rows.append([
             series.key.variant, series.key.mode, format_significant(tflops[0]), format_significant(tflops[-1]), format_significant(tflops[best]),
             str(int(series.ok["seq_len"].iloc[best])), format_significant(flops[-1] / 1e9),
+            _percent_cell(longest, "peak_fraction"), _percent_cell(longest, "bandwidth_fraction"), _bound_cell(longest),
         ])
     return table
 

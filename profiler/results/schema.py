@@ -129,11 +129,16 @@ COLUMNS = [
     "memory_snapshot", "snapshot_s",
     # device-independent memory: the tensors a step needs
     "params_mib", "grads_mib", "optimizer_state_mib", "inputs_mib", "activations_mib", "tensor_footprint_mib",
-    # size and work
-    "param_count", "trainable_param_count", "flops_per_step", "achieved_tflops",
-    # bookkeeping; where a point's wall time went: priming a fresh worker, building the model and
-    # batch, the footprint and FLOP probe, warm-up and timed steps together, the timed steps alone
-    "point_wall_s", "prime_s", "build_s", "probe_s", "steps_s", "measured_wall_s", "worker_pid", "worker_cpu", "worker_fresh", "worker_start_s", "finished_at",
+    # size and work; the bytes moved are the step's op inputs and outputs, an upper bound on its traffic
+    "param_count", "trainable_param_count", "flops_per_step", "achieved_tflops", "moved_mib_per_step", "flops_per_byte",
+    # against the device's limits in the point's arithmetic, measured once per worker and dtype: the
+    # peak matmul rate and copy bandwidth, the fractions of them the median step reached, and whether
+    # the step's FLOPs per byte lie below the ridge point peak_tflops / peak_bandwidth
+    "peak_tflops", "peak_bandwidth_gib_s", "peak_fraction", "bandwidth_fraction", "memory_bound",
+    # bookkeeping; where a point's wall time went: priming a fresh worker, measuring the peak rates
+    # (at a worker's first point of a dtype), building the model and batch, the footprint, FLOP and
+    # traffic probe, warm-up and timed steps together, the timed steps alone
+    "point_wall_s", "prime_s", "peak_rate_s", "build_s", "probe_s", "steps_s", "measured_wall_s", "worker_pid", "worker_cpu", "worker_fresh", "worker_start_s", "finished_at",
     # the GPU that measured the point: its index on its host (as --gpus names it) and NVML's UUID
     "gpu_index", "gpu_uuid",
     # raw samples, last because they are long

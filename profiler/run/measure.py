@@ -18,6 +18,7 @@ from profiler.run.precision import apply_precision, precision_flags
 from profiler.run.snapshots import record_snapshot, snapshot_name
 from profiler.run.workload import build_workload, step_costs
 from profiler.trackers.nvml import NvmlPeakSampler
+from profiler.trackers.peak_rate import PeakRates, roofline_columns
 from profiler.trackers.timing import MeasurementBudget, StepTimes, time_step
 from profiler.units import MIB
 
@@ -80,9 +81,10 @@ def timing_columns(times: StepTimes) -> dict:
     )
 
 
-def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None,
+def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None, peak: PeakRates | None = None,
                   snapshot_dir: Path | None = None) -> dict:
-    """The full record of one point. ``nvml_reader`` is an ``NvmlMemoryReader`` on CUDA, else None.
+    """The full record of one point. ``nvml_reader`` is an ``NvmlMemoryReader`` on CUDA, else None;
+    ``peak``: the device's peak rates in the point's arithmetic, which the row's fractions are of;
     ``snapshot_dir``: on CUDA, where one more step, after the timed ones, leaves its allocator
     history (profiler/run/snapshots.py)."""
     device = point.device
@@ -120,6 +122,8 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None,
         activations_mib=costs.footprint.activations_mib,
         tensor_footprint_mib=costs.tensor_footprint_mib,
         flops_per_step=costs.flops_per_step,
+        moved_mib_per_step=costs.moved_bytes_per_step / MIB,
+        flops_per_byte=costs.flops_per_byte,
     )
 
     gc.collect()
@@ -150,4 +154,6 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None,
         record["memory_snapshot"] = str(path)
     record.update(timing_columns(times))
     record["achieved_tflops"] = record["flops_per_step"] / (record["time_median_ms"] * 1e-3) / 1e12
+    if peak is not None:
+        record.update(roofline_columns(costs.flops_per_step, costs.moved_bytes_per_step, record["time_median_ms"], peak))
     return record

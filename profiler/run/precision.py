@@ -34,6 +34,16 @@ def precision_flags() -> dict:
     }
 
 
+def matmul_arithmetic(dtype: str) -> tuple[torch.dtype, bool]:
+    """The operands and TF32 switch of the dtype's matrix products, for its peak rate: autocast
+    runs the products of ``amp-bf16`` in bfloat16, as ``bf16`` runs them."""
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; choose from {list(DTYPES)}")
+    if dtype in ("bf16", "amp-bf16"):
+        return torch.bfloat16, False
+    return torch.float32, dtype == "tf32"
+
+
 def cast_for(dtype: str, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Casts the model in place and returns the batch in the dtype's storage type."""
     if dtype != "bf16":

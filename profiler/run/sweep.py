@@ -198,6 +198,23 @@ def make_runner(request: SweepRequest, store: ResultsStore, events: SweepEvents,
     return SweepRunner(store, options, events, device_name, gpu=gpus[0] if gpus else None)
 
 
+def peak_rates_of(rows: list[dict]) -> list[dict]:
+    """The peak rates a run measured, for its sidecar: one entry per device, GPU and dtype, from the
+    first row that carries them (each worker measures its own; the rows keep every measurement)."""
+    entries: dict[tuple, dict] = {}
+    for row in rows:
+        peak = row.get("peak_tflops")
+        if peak is None or peak != peak:  # a failed point, or one from before the peaks
+            continue
+        gpu = row.get("gpu_uuid") or row.get("gpu_index")
+        entries.setdefault((row["device"], gpu, row["dtype"]), {
+            "device": row["device"], "gpu_index": row.get("gpu_index"), "gpu_uuid": row.get("gpu_uuid"),
+            "device_name": row.get("device_name"), "dtype": row["dtype"], "peak_tflops": peak,
+            "peak_bandwidth_gib_s": row.get("peak_bandwidth_gib_s"),
+        })
+    return list(entries.values())
+
+
 def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -> tuple[list[dict], int | None]:
     """Runs the pending points of the request into ``store`` (held locked by the caller).
 
@@ -254,6 +271,7 @@ def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -
     store.finish_run(
         finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         points_measured=len(rows),
+        peak_rates=peak_rates_of(rows),
         interrupted=stop is not None,
         stopped_by=signal.Signals(stop).name if stop is not None else None,
     )

@@ -18,12 +18,16 @@ import torch
 from profiler.results.schema import PointSpec
 from profiler.run.faults import FAULT_ENV, inject_start_fault, with_injected_faults
 from profiler.run.measure import measure_point, prime_process
+from profiler.run.precision import matmul_arithmetic
+from profiler.trackers.peak_rate import PeakRateCache, PeakRates
 from profiler.trackers.timing import MeasurementBudget
 from profiler.units import MIB
 
 PR_SET_PDEATHSIG = 1  # from linux/prctl.h
 # What the worker leaves to the runner: it stops the sweep between points on either.
 WORKER_HELD_SIGNALS = {signal.SIGINT, signal.SIGHUP}
+# This process's device at its peaks, per arithmetic: measured at the first point that needs one.
+PEAK_RATES = PeakRateCache()
 
 
 @dataclass(frozen=True)
@@ -66,19 +70,34 @@ def point_message(point: PointSpec, budget: MeasurementBudget, memory_limit_mib:
             "memory_snapshot_dir": None if memory_snapshot_dir is None else str(memory_snapshot_dir)}
 
 
+def peak_rates_for(point: PointSpec, cache: PeakRateCache = PEAK_RATES) -> PeakRates:
+    """The peak rates of the point's arithmetic on this process's device, measured at the first
+    point of the arithmetic. A failure is the point's error, never taken for its out-of-memory."""
+    try:
+        return cache.get(*matmul_arithmetic(point.dtype), point.device)
+    except Exception as exc:  # noqa: BLE001 - re-raised with what failed
+        raise RuntimeError(f"measuring the peak rates failed: {type(exc).__name__}: {exc}") from exc
+
+
 def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, prime: bool, measure=measure_point,
-                   memory_limit_mib: float | None = None, snapshot_dir: Path | None = None) -> dict:
+                   memory_limit_mib: float | None = None, snapshot_dir: Path | None = None,
+                   peak_rates: PeakRateCache = PEAK_RATES) -> dict:
     try:
         started = time.perf_counter()
         if prime:
             prime_process(point)
             _release_memory(point.device)
         prime_s = time.perf_counter() - started if prime else 0.0
+        # Before a memory limit applies: the probes' buffers are not the point's memory.
+        started = time.perf_counter()
+        peak = peak_rates_for(point, peak_rates)
+        peak_rate_s = time.perf_counter() - started
         if memory_limit_mib is not None and point.device == "cuda":
             limit_device_memory(memory_limit_mib, nvml_reader)
-        record = measure(point, budget, nvml_reader, snapshot_dir=snapshot_dir)
+        record = measure(point, budget, nvml_reader, peak=peak, snapshot_dir=snapshot_dir)
         record["status"] = "ok"
         record["prime_s"] = prime_s
+        record["peak_rate_s"] = peak_rate_s
     except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded result
         status = "oom" if _is_out_of_memory(exc) else "error"
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

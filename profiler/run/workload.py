@@ -17,6 +17,7 @@ from profiler.results.schema import NO_ATTENTION
 from profiler.run.plugins import resolve_spec
 from profiler.run.precision import cast_for, forward_context
 from profiler.trackers.footprint import TensorFootprint, inference_footprint, train_step_footprint
+from profiler.trackers.traffic import TrafficCounter
 
 EXECUTIONS = ("eager", "compile", "cuda-graphs")
 
@@ -181,23 +182,29 @@ class StepCosts:
     footprint: TensorFootprint  # the device-independent memory figure, by part (profiler/footprint.py)
     flops_per_step: int
     param_count: int
+    moved_bytes_per_step: int  # op inputs and outputs: an upper bound on the memory traffic (trackers/traffic.py)
 
     @property
     def tensor_footprint_mib(self) -> float:
         return self.footprint.total_mib
 
+    @property
+    def flops_per_byte(self) -> float | None:
+        return self.flops_per_step / self.moved_bytes_per_step if self.moved_bytes_per_step else None
+
 
 def step_costs(workload: Workload) -> StepCosts:
-    """One step under the footprint probe and the FLOP counter together. A training step also
-    creates the optimizer state, which the footprint counts."""
+    """One step under the footprint probe, the FLOP counter and the traffic counter together. A
+    training step also creates the optimizer state, which the footprint counts."""
     counter = FlopCounterMode(display=False)
+    traffic = TrafficCounter()
 
     def counted() -> None:
-        with counter:
+        with counter, traffic:  # traffic inside: it sees the ops as they run, undecomposed
             (workload.eager_step or workload.step)()
 
     if workload.mode == "train":
         footprint = train_step_footprint(workload.model, workload.optimizer, workload.batch, counted)
     else:
         footprint = inference_footprint(workload.model, workload.batch, counted)
-    return StepCosts(footprint, counter.get_total_flops(), count_parameters(workload.model))
+    return StepCosts(footprint, counter.get_total_flops(), count_parameters(workload.model), traffic.moved_bytes)
