@@ -3,6 +3,7 @@ Markdown, the papers' numbers beside the measured ones, and one-line errors for 
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from helpers import synthetic_results
 from typer.testing import CliRunner
@@ -216,7 +217,8 @@ def test_reproduce_falls_back_to_a_labelled_cpu_version_without_a_gpu(monkeypatc
     assert result.exit_code == 2 and "drop --lengths" in result.output
     assert main(["reproduce", "transformer"]) == 2
     assert capsys.readouterr().err == (
-        "seqprof: error: Invalid value for 'SETUP': unknown setup 'transformer'; choose from convrec, lightconv\n")
+        "seqprof: error: Invalid value for 'SETUP': unknown setup 'transformer'; choose from convrec, lightconv, hstu, "
+        "lrurec\n")
 
 
 def test_sweep_request_follows_the_paper_on_a_gpu_and_shrinks_on_the_cpu(tmp_path):
@@ -230,6 +232,91 @@ def test_sweep_request_follows_the_paper_on_a_gpu_and_shrinks_on_the_cpu(tmp_pat
     small = sweep_request(SETUPS["lightconv"], "cpu", tmp_path / "r.csv", budget, batch_size=2, lengths=[16, 8], profile="tiny")
     assert (small.lengths, small.batch_size, small.profile) == ([8, 16], 2, "tiny")
     small.validate()
+
+
+def _ratio_rows(setup_name: str, lengths: tuple[int, ...]):
+    """Synthetic GPU rows for a time-ratio setup: the first model from the quadratic synthetic
+    SASRec (given the setup's backend), the second from the linear synthetic ConvRec, renamed."""
+    setup = SETUPS[setup_name]
+    frame = synthetic_results(lengths=lengths, profile=setup.profile, batch_size=setup.batch_size, oom={}, errors={})
+    frame["mode"] = setup.mode
+    first, second = setup.models
+    frame = frame[frame["model"].isin(["sasrec", "convrec-light"])].copy()
+    frame.loc[frame["model"] == "sasrec", "attention"] = setup.attention
+    frame.loc[frame["model"] == "convrec-light", "model"] = second
+    return setup, frame.set_index(["model", "seq_len"], drop=False)
+
+
+@pytest.mark.parametrize("name", ["hstu", "lrurec"])
+def test_time_ratio_setups_are_listed_with_their_published_source(name):
+    setup = SETUPS[name]
+    assert setup.source.startswith("section ") and setup.time_ratio and not setup.memory
+    assert all(0 < low <= high for low, high in setup.time_ratio.values())
+    assert set(setup.time_ratio) <= set(setup.lengths)
+    assert any("expected to be" in note for note in setup.notes)  # measured is never forced to agree
+    help_text = " ".join(runner.invoke(app, ["reproduce", "--help"]).output.split())
+    assert name in help_text and setup.source.split(",")[0] in help_text
+
+
+def test_hstu_table_sets_the_measured_ratio_beside_the_published_range():
+    setup, frame = _ratio_rows("hstu", (512, 1024, 2048, 4096, 8192))
+    selection = select_rows(setup, frame.reset_index(drop=True))
+    assert selection.comparable
+    assert set(selection.rows["attention"]) == {"sdpa", "none"}  # the paper's fused Transformer
+    memory, time = comparison_tables(setup, selection)
+    assert "training" in time.title and any("no memory" in note for note in memory.notes)
+    rows = {row[0]: dict(zip(time.columns, row)) for row in time.rows}
+    sasrec, hstu = frame.loc[("sasrec", 8192), "time_median_ms"], frame.loc[("hstu", 8192), "time_median_ms"]
+    assert rows["8192"]["SASRec (sdpa) / HSTU measured"] == f"{sasrec / hstu:.2f}"
+    assert rows["8192"]["SASRec (sdpa) / HSTU paper"] == "5.30-15.20"
+    assert rows["512"]["SASRec (sdpa) / HSTU paper"] == ""
+    assert "SASRec (sdpa) paper ms" not in time.columns  # the paper states the ratio only
+    figure = reproduce_figure(setup, selection)
+    ratio_ax = figure.axes[2]
+    (line,) = [l for l in ratio_ax.get_lines() if l.get_label() == "measured"]
+    assert list(line.get_xdata()) == [512, 1024, 2048, 4096, 8192]
+    assert line.get_ydata()[-1] == pytest.approx(sasrec / hstu)
+
+
+def test_lrurec_compares_inference_and_its_single_published_ratio():
+    setup, frame = _ratio_rows("lrurec", (50, 100, 200, 400, 800))
+    # The training rows of the same models are left out: the setup compares inference.
+    selection = select_rows(setup, pd.concat([frame, frame.assign(mode="train", time_median_ms=1.0)], ignore_index=True))
+    assert set(selection.rows["mode"]) == {"infer"} and set(selection.rows["attention"]) == {"naive", "none"}
+    _, time = comparison_tables(setup, selection)
+    assert "inference" in time.title
+    rows = {row[0]: dict(zip(time.columns, row)) for row in time.rows}
+    assert rows["50"]["SASRec / LRURec paper"] == "7.30" and rows["800"]["SASRec / LRURec paper"] == ""
+    sasrec, lrurec = frame.loc[("sasrec", 50), "time_median_ms"], frame.loc[("lrurec", 50), "time_median_ms"]
+    assert rows["50"]["SASRec / LRURec measured"] == f"{sasrec / lrurec:.2f}"
+
+
+def test_time_ratio_setups_sweep_their_mode_and_backend_and_shrink_on_the_cpu(tmp_path):
+    budget = MeasurementBudget()
+    hstu = sweep_request(SETUPS["hstu"], "cuda", tmp_path / "r.csv", budget)
+    assert (hstu.models, hstu.lengths, hstu.batch_size, hstu.profile, hstu.modes, hstu.attentions) == (
+        ["sasrec", "hstu"], [512, 1024, 2048, 4096, 8192], 8, "ml-1m", ["train"], ["sdpa"])
+    override = sweep_request(SETUPS["hstu"], "cuda", tmp_path / "r.csv", budget, lengths=[8192, 2048, 4096])
+    assert override.lengths == [2048, 4096, 8192]
+    cpu = sweep_request(SETUPS["hstu"], "cpu", tmp_path / "r.csv", budget)
+    assert (cpu.lengths, cpu.batch_size) == ([512, 1024], 8)
+    lrurec = sweep_request(SETUPS["lrurec"], "cuda", tmp_path / "r.csv", budget)
+    assert (lrurec.models, lrurec.lengths, lrurec.batch_size, lrurec.modes, lrurec.attentions) == (
+        ["sasrec", "lrurec"], [50, 100, 200, 400, 800], 128, ["infer"], ["naive"])
+    lrurec.validate()
+
+
+def test_hstu_falls_back_to_a_small_cpu_version_end_to_end(monkeypatch, tmp_path):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    out = tmp_path / "hstu.csv"
+    result = runner.invoke(app, ["reproduce", "hstu", "--out", str(out), "--lengths", "8,16", "--profile", "tiny",
+                                 "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert "NOT comparable" in result.output and "5.30-15.20" in result.output
+    frame = read_results(out)
+    assert set(frame["status"]) == {"ok"} and set(frame["mode"]) == {"train"}
+    assert dict(zip(frame["model"], frame["attention"])) == {"sasrec": "sdpa", "hstu": "none"}
+    assert (tmp_path / "hstu-plots" / "reproduce-hstu-hstu.png").exists()
 
 
 def test_the_breakdown_names_each_part_of_the_footprint_and_the_largest():

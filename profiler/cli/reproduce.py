@@ -22,7 +22,9 @@ def _parse_setup(value: str) -> str:
 def reproduce_command(
     setup_name: Annotated[str, typer.Argument(
         metavar="SETUP", callback=_parse_setup, show_default=False,
-        help="convrec (hierarchical ConvRec paper, Fig. 4) or lightconv (lightweight ConvRec paper, Table 5).")],
+        help="convrec (hierarchical ConvRec paper, Fig. 4), lightconv (lightweight ConvRec paper, Table 5), "
+        "hstu (HSTU paper, section 4.2: SASRec / HSTU training time, L 512..8192) or lrurec (LRURec paper, "
+        "section 5.5: SASRec / LRURec inference time, L 50..800).")],
     device: Annotated[str, typer.Option(
         callback=options.parse_device, metavar="DEVICE",
         help="auto, cuda or cpu: the paper's setup on a GPU; on the CPU (auto without a GPU) a small "
@@ -34,7 +36,7 @@ def reproduce_command(
     from_results: Annotated[Optional[Path], typer.Option(
         metavar="CSV", help="Compare and draw from this results file; measure nothing.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(
-        parser=options.integer(1, options.MAX_BATCH_SIZE), metavar="N", show_default=f"the paper's, 128; CPU {setups.CPU_BATCH_SIZE}",
+        parser=options.integer(1, options.MAX_BATCH_SIZE), metavar="N", show_default=f"the setup's (128; hstu 8); CPU {setups.CPU_BATCH_SIZE}",
         help="Batch size.")] = None,
     lengths: Annotated[Optional[str], typer.Option(
         callback=options.parse_lengths, metavar="L,L,...", show_default="the paper's; CPU: those that fit, "

@@ -11,6 +11,8 @@ from profiler.reproduce.setups import ReproduceError, Setup
 from profiler.results.schema import NVML_FIRST, memory_metric
 from profiler.units import MIB_PER_GIB, format_fixed
 
+MODE_NAMES = {"train": "training", "infer": "inference"}
+
 
 @dataclass
 class Selection:
@@ -50,8 +52,9 @@ def select_rows(setup: Setup, frame: pd.DataFrame) -> Selection:
     for model in setup.models:
         own = rows[rows["model"] == model]
         own = _prefer(own, "profile", setup.profile, f"{model} profile", notes)
-        # The authors' code materialises attention: compare the naive backend where both exist.
-        own = _prefer(own, "attention", "naive" if own["attention"].ne("none").any() else "none", f"{model} attention", notes)
+        # The setup's backend (the authors' materialised attention, unless the paper's baseline is fused).
+        wanted = setup.attention if own["attention"].ne("none").any() else "none"
+        own = _prefer(own, "attention", wanted, f"{model} attention", notes)
         if own["device"].nunique() > 1:
             own = _prefer(own, "device", "cuda", f"{model} device", notes)
         picked.append(own.sort_values("seq_len"))
@@ -90,6 +93,13 @@ def _fmt(value, digits: int) -> str:
     return format_fixed(value, digits)  # a small CPU run in GB keeps its digits
 
 
+def _range(values: tuple[float, float] | None) -> str:
+    if values is None:
+        return ""
+    low, high = values
+    return f"{low:.2f}" if low == high else f"{low:.2f}-{high:.2f}"
+
+
 def _ratio(a, b) -> str:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a is not None and b and math.isfinite(a):
         return f"{a / b:.2f}"
@@ -113,12 +123,16 @@ def comparison_table(
     measured: dict[str, dict[int, float | str]],
     published: dict[str, dict[int, float | None]],
     extra: dict[str, tuple[str, dict[int, float | str]]] | None = None,
+    published_ratio: dict[int, tuple[float, float]] | None = None,
 ) -> ReportTable:
     """Measured next to published per length: absolute, ratio to the model's own first length, and
-    first model over second. ``units`` = (measured unit, the paper's unit)."""
+    first model over second. ``units`` = (measured unit, the paper's unit). ``published_ratio``:
+    the paper's first over second where it states only that (a range as "low-high")."""
     first, second = setup.models
     has_paper = any(published.get(m) for m in setup.models)
-    lengths = sorted(set(setup.lengths) | {l for m in measured.values() for l in m} | {l for p in published.values() for l in p})
+    has_pair = has_paper or bool(published_ratio)
+    lengths = sorted(set(setup.lengths) | {l for m in measured.values() for l in m} | {l for p in published.values() for l in p}
+                     | set(published_ratio or {}))
     bases = {m: _base_length(measured[m], published.get(m, {})) for m in setup.models}
     paper_bases = {m: min(published[m]) if published.get(m) else None for m in setup.models}
     pair = f"{setup.labels[first]} / {setup.labels[second]}"
@@ -135,7 +149,7 @@ def comparison_table(
         if has_paper:
             columns.append(f"{setup.labels[model]} paper / L={paper_bases[model]}")
     columns.append(f"{pair} measured")
-    if has_paper:
+    if has_pair:
         columns.append(f"{pair} paper")
     table = ReportTable(title=title, columns=columns, right=set(columns))
     for length in lengths:
@@ -152,7 +166,9 @@ def comparison_table(
                 own = published.get(model, {})
                 cells.append(_ratio(own.get(length), own.get(paper_bases[model])))
         cells.append(_ratio(measured[first].get(length), measured[second].get(length)))
-        if has_paper:
+        if published_ratio:
+            cells.append(_range(published_ratio.get(length)))
+        elif has_paper:
             cells.append(_ratio(published.get(first, {}).get(length), published.get(second, {}).get(length)))
         table.rows.append(cells)
     return table
@@ -161,6 +177,7 @@ def comparison_table(
 def comparison_tables(setup: Setup, selection: Selection) -> list[ReportTable]:
     """Memory in MiB (GiB where the paper wrote GB) and time in ms, measured beside published."""
     rows = selection.rows
+    step = MODE_NAMES[setup.mode]
     metric = memory_metric(rows, NVML_FIRST)
     in_gib = setup.memory_unit == "GB"
     scale = 1.0 / MIB_PER_GIB if in_gib else 1.0
@@ -171,17 +188,23 @@ def comparison_tables(setup: Setup, selection: Selection) -> list[ReportTable]:
         extra = {m: ("peak alloc MiB", measured_values(rows, m, "peak_allocated_mib", 1.0)) for m in setup.models}
     memory_table = comparison_table(
         setup,
-        f"{setup.name}: training memory, measured ({metric}) vs the paper ({setup.gpu})",
+        f"{setup.name}: {step} memory, measured ({metric}) vs the paper ({setup.gpu})",
         (unit, unit), 2 if in_gib else 0, memory, setup.memory, extra,
     )
-    memory_table.notes = list(selection.notes) + [
-        f"the paper's {setup.memory_unit} are read as {unit}, the unit nvidia-smi and PyTorch count in"]
+    memory_table.notes = list(selection.notes) + (
+        [f"the paper's {setup.memory_unit} are read as {unit}, the unit nvidia-smi and PyTorch count in"]
+        if setup.memory else ["the paper published no memory for this setup"])
     time = {m: measured_values(rows, m, "time_median_ms", 1.0) for m in setup.models}
     published_ms = {m: {n: v * 1000.0 for n, v in values.items()} for m, values in setup.time_s.items()}
     time_table = comparison_table(
-        setup, f"{setup.name}: time per training step (median), measured vs the paper", ("ms", "ms"), 1, time,
-        published_ms,
+        setup, f"{setup.name}: time per {step} step (median), measured vs the paper", ("ms", "ms"), 1, time,
+        published_ms, published_ratio=setup.time_ratio,
     )
-    if not setup.time_s:
+    if setup.time_ratio:
+        first, second = (setup.labels[m] for m in setup.models)
+        time_table.notes.append(
+            f"the paper states {first} / {second} time at L = {', '.join(map(str, sorted(setup.time_ratio)))} only "
+            f"(a range as low-high), not absolute times: compare the {first} / {second} columns")
+    elif not setup.time_s:
         time_table.notes.append("the paper published no times for this setup")
     return [memory_table, time_table]

@@ -3,7 +3,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from profiler.present.plots import METRIC_NAMES, model_colour
-from profiler.reproduce.compare import Selection, measured_values
+from profiler.reproduce.compare import MODE_NAMES, Selection, measured_values
 from profiler.reproduce.setups import Setup
 from profiler.results.schema import NVML_FIRST, memory_metric
 from profiler.units import MIB_PER_GIB
@@ -59,6 +59,27 @@ def _bar_panel(ax, setup: Setup, measured: dict, published: dict, ylabel: str) -
     ax.legend(fontsize=8)
 
 
+def _ratio_panel(ax, setup: Setup, time: dict) -> None:
+    """First model's time over the second's: measured as a line, the paper's as hollow markers with
+    its stated range as a bar."""
+    first, second = setup.models
+    pairs = sorted((l, v / time[second][l]) for l, v in time[first].items()
+                   if isinstance(v, float) and isinstance(time[second].get(l), float) and time[second][l])
+    colour = model_colour(second)
+    ax.plot([l for l, _ in pairs], [r for _, r in pairs], color=colour, marker="o", linestyle="-", label="measured")
+    for length, (low, high) in sorted(setup.time_ratio.items()):
+        middle = (low + high) / 2
+        ax.errorbar([length], [middle], yerr=[[middle - low], [high - middle]], color=colour, marker="s",
+                    markerfacecolor="none", markersize=8, capsize=6, linestyle="none",
+                    label=f"paper ({setup.gpu})" if length == min(setup.time_ratio) else None)
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("sequence length")
+    ax.set_ylabel(f"{setup.labels[first]} time / {setup.labels[second]} time")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def _relative(values: dict[int, float | str | None]) -> dict[int, float | str | None]:
     """Each value over the value at the shortest length that has one: the growth, unitless."""
     numeric = sorted(length for length, value in values.items() if isinstance(value, float))
@@ -91,22 +112,27 @@ def reproduce_figure(setup: Setup, selection: Selection) -> Figure:
     def label(text: str) -> str:
         return f"{text.split(' (')[0]} ÷ its value at the shortest length" if growth else text
 
+    step = MODE_NAMES[setup.mode]
     if setup.memory_unit == "GB":
         fig = Figure(figsize=(9, 5), layout="constrained")
         ax = fig.subplots()
         memory = {m: measured_values(rows, m, metric, 1.0 / MIB_PER_GIB) for m in setup.models}
         _bar_panel(ax, setup, shown(memory), shown(setup.memory),
-                   label(f"training {METRIC_NAMES[metric]} (GiB; the paper's GB)"))
+                   label(f"{step} {METRIC_NAMES[metric]} (GiB; the paper's GB)"))
     else:
-        fig = Figure(figsize=(12, 5), layout="constrained")
-        memory_ax, time_ax = fig.subplots(1, 2)
+        panels = 3 if setup.time_ratio else 2
+        fig = Figure(figsize=(6 * panels, 5), layout="constrained")
+        memory_ax, time_ax, *ratio_ax = fig.subplots(1, panels)
         memory = {m: measured_values(rows, m, metric, 1.0) for m in setup.models}
-        _line_panel(memory_ax, setup, shown(memory), shown(setup.memory),
-                    label(f"{METRIC_NAMES[metric]} (MiB; the paper's MB)"))
+        unit = "MiB; the paper's MB" if setup.memory else "MiB"
+        _line_panel(memory_ax, setup, shown(memory), shown(setup.memory), label(f"{METRIC_NAMES[metric]} ({unit})"))
         time = {m: measured_values(rows, m, "time_median_ms", 1.0) for m in setup.models}
         published_ms = {m: {n: v * 1000.0 for n, v in values.items()} for m, values in setup.time_s.items()}
-        _line_panel(time_ax, setup, shown(time), shown(published_ms), label("time per training step (ms)"))
+        _line_panel(time_ax, setup, shown(time), shown(published_ms), label(f"time per {step} step (ms)"))
         memory_ax.set_title("memory", fontsize=10)
         time_ax.set_title("runtime", fontsize=10)
+        if ratio_ax:
+            _ratio_panel(ratio_ax[0], setup, time)
+            ratio_ax[0].set_title(f"speed-up of {setup.labels[setup.models[1]]}", fontsize=10)
     fig.suptitle(title, fontsize=10)
     return fig
