@@ -324,3 +324,13 @@ def test_every_registered_model_has_its_row_in_the_models_readme():
     assert sorted(rows) == sorted(REGISTRY)
     for name, spec in REGISTRY.items():
         assert rows[name][1] == spec.family and rows[name][4] == spec.default_profile, name
+
+
+def test_every_option_is_named_in_lower_case_kebab():
+    # Some typer releases (0.27) took an option's metavar for its name where it spelled the
+    # parameter's name in capitals ("--MODE"); the names are declared where that could happen.
+    for name, command in typer.main.get_command(app).commands.items():
+        for param in command.params:
+            for opt in param.opts + param.secondary_opts:
+                if opt.startswith("--"):
+                    assert re.fullmatch(r"--[a-z0-9]+(-[a-z0-9]+)*", opt), f"{name}: {opt}"

@@ -20,7 +20,7 @@ def report(
     markdown: Annotated[Optional[Path], typer.Option(
         metavar="FILE", help="Also write the report as Markdown to this file.")] = None,
     mode: Annotated[Optional[str], typer.Option(
-        callback=options.parse_mode, metavar="MODE", show_default="every mode in the files",
+        "--mode", callback=options.parse_mode, metavar="MODE", show_default="every mode in the files",
         help="train, infer or both.")] = None,
 ) -> None:
     """Fit how memory and time grow with L: verdicts, log-log slopes, crossovers, TFLOP/s."""

@@ -26,7 +26,7 @@ def reproduce_command(
         "hstu (HSTU paper, section 4.2: SASRec / HSTU training time, L 512..8192) or lrurec (LRURec paper, "
         "section 5.5: SASRec / LRURec inference time, L 50..800).")],
     device: Annotated[str, typer.Option(
-        callback=options.parse_device, metavar="DEVICE",
+        "--device", callback=options.parse_device, metavar="DEVICE",
         help="auto, cuda or cpu: the paper's setup on a GPU; on the CPU (auto without a GPU) a small "
         "version, labelled, whose shapes and ratios compare and absolute numbers do not.")] = "auto",
     out_path: Annotated[Optional[Path], typer.Option(

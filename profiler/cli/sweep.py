@@ -39,10 +39,10 @@ def sweep(
     batch_size: Annotated[Optional[int], typer.Option(
         parser=options.integer(1, options.MAX_BATCH_SIZE), metavar="N", show_default=options.per_device("batch_size"), help="Batch size.")] = None,
     mode: Annotated[Optional[str], typer.Option(
-        callback=options.parse_mode, metavar="MODE", show_default=options.per_device("modes", options.modes_text),
+        "--mode", callback=options.parse_mode, metavar="MODE", show_default=options.per_device("modes", options.modes_text),
         help="train (zero_grad, forward, backward, optimizer step), infer (predict) or both.")] = None,
     device: Annotated[str, typer.Option(
-        callback=options.parse_device, metavar="DEVICE",
+        "--device", callback=options.parse_device, metavar="DEVICE",
         help="auto, cuda or cpu; auto takes the GPU when there is one.")] = "auto",
     attention: Annotated[Optional[str], typer.Option(
         callback=options.parse_attention, metavar="BACKEND,...", show_default=options.per_device("attentions", ",".join),
@@ -100,7 +100,7 @@ def sweep(
         help="GPUs of this host to spread the points over, one worker each, e.g. 0,1; a model variant "
         "stays on one GPU. An error on the CPU.")] = None,
     backend: Annotated[str, typer.Option(
-        callback=options.parse_backend, metavar="BACKEND",
+        "--backend", callback=options.parse_backend, metavar="BACKEND",
         help="local (this host) or ray (a task per model variant on the Ray cluster in RAY_ADDRESS, "
         "else a local one; needs the ray extra).")] = "local",
     memory_snapshot: Annotated[Optional[Path], typer.Option(
