@@ -12,6 +12,7 @@ Each function takes what the command of the same name takes, as Python values; b
 ValueError (or ResultsFileError for a results file) with the command line's one-line message.
 """
 import dataclasses
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,6 +61,16 @@ def _lengths(lengths) -> list[int] | None:
     return lengths
 
 
+def _imported_by_a_worker() -> bool:
+    """Whether this call runs while a spawned process imports the main script (as ``__mp_main__``)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "__mp_main__":
+            return True
+        frame = frame.f_back
+    return False
+
+
 def sweep(
     models: Any,
     lengths: Sequence[int] | None = None,
@@ -94,6 +105,11 @@ def sweep(
     line. ``out``: also keep the results (CSV and sidecar) there; with ``resume``, continue that file.
     Ctrl-C stops after the point in flight and returns what was measured.
     """
+    if _imported_by_a_worker():
+        # A spawned worker imports the script that started the sweep before it serves points; an
+        # unguarded call there would start a sweep of its own on the same results file.
+        raise RuntimeError("api.sweep was called while a worker process imported the script that calls it; "
+                           "put the call under `if __name__ == \"__main__\":`")
     names = [model_name(m) for m in _listed(models, "models")]
     if len(set(names)) < len(names):
         raise ValueError(f"models repeat: {names}")

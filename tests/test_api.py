@@ -1,7 +1,9 @@
 """The Python API: a plug-in class swept into a DataFrame by real workers, the CSV when asked, and
 the report, figures and comparison as functions."""
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 from helpers import synthetic_results
@@ -64,3 +66,18 @@ def test_bad_options_raise_the_command_lines_message(options, message):
     arguments = {"models": "convrec-light", "lengths": [8], **FAST, **options}
     with pytest.raises(ValueError, match=message):
         api.sweep(**arguments)
+
+
+def test_a_script_that_sweeps_unguarded_is_refused_in_the_workers(tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from profiler import api\n"
+        f"rows = api.sweep(['sasrec'], [8], mode='infer', attention='naive', device='cpu', profile='tiny',\n"
+        f"                 batch_size=2, min_reps=1, max_reps=1, warmup=1, max_warmup=1, progress=False,\n"
+        f"                 out={str(tmp_path / 'r.csv')!r})\n"
+        "print('statuses', sorted(set(rows['status'])))\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert "put the call under `if __name__ == \"__main__\":`" in done.stderr
+    assert "statuses ['error']" in done.stdout  # the worker could not serve; nothing else was written
