@@ -1,11 +1,14 @@
 """The runner: failures are results, an OOM ends its series, a dead worker is replaced."""
+import gc
 import time
+import weakref
 
 import pandas as pd
 import pytest
 from helpers import TINY_BUDGET
 
 from profiler.results.store import ResultsStore, read_results
+from profiler.run import worker as worker_module
 from profiler.run.faults import FAULT_ENV, START
 from profiler.run.plan import plan_points
 from profiler.run.runner import RunnerOptions, SweepRunner, Worker, WorkerDied
@@ -147,3 +150,22 @@ def test_the_phase_breakdown_adds_up_and_leaves_out_failed_points():
     assert phase_breakdown(rows) == ("time in 2 ok points: 12.0 s = priming 4.0 + building 1.5 + probes 1.0 + "
                                      "steps 3.5 + other 2.0 s (timed steps alone 2.2 s)")
     assert phase_breakdown([{"status": "error"}]) is None
+
+
+class _Node:
+    pass
+
+
+def test_what_a_worker_freezes_at_start_leaves_later_garbage_to_the_collector():
+    gc.collect()
+    try:
+        worker_module._freeze_survivors()
+        assert gc.get_freeze_count() > 0
+        first, second = _Node(), _Node()
+        first.other, second.other = second, first  # a cycle, as a model and its optimizer make
+        alive = weakref.ref(first)
+        del first, second
+        gc.collect()
+        assert alive() is None
+    finally:
+        gc.unfreeze()
