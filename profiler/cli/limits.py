@@ -21,6 +21,7 @@ from profiler.analysis.limits import (
 from profiler.cli import options
 from profiler.cli.common import console, fail, out
 from profiler.results.files import atomic_write_text
+from profiler.results.schema import model_label
 from profiler.run.plugins import resolve_spec
 from profiler.trackers.environment import resolve_device
 
@@ -97,7 +98,7 @@ def max_length(
     for row in rows:
         largest = "none fits" if row["largest"] is None else f"{row['largest']:,}" + ("+" if row["at_limit"] else "")
         peak = "-" if row["peak_nvml_mib"] is None else f"{row['peak_nvml_mib']:,.0f}"
-        table.add_row(row["model"], largest, peak, row["dominant_part"], *((row["check"],) if check else ()))
+        table.add_row(model_label(row["model"]), largest, peak, row["dominant_part"], *((row["check"],) if check else ()))
     out.print(table)
     if out_path is not None:
         try:
