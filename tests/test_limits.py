@@ -3,16 +3,19 @@ import pytest
 from typer.testing import CliRunner
 
 from profiler.analysis.limits import (
+    PREDICTION_BATCH,
     LimitError,
     Probe,
     ProbeWorkers,
     check_limit,
+    footprint_at,
     measured_limit,
     model_query,
     predicted_limit,
     search_largest,
 )
 from profiler.cli import app
+from profiler.run.workload import build_workload, step_costs
 
 
 @pytest.mark.parametrize("boundary", [16, 17, 100, 777, 1024, 8191])
@@ -124,3 +127,15 @@ def test_probes_that_fit_share_a_worker_and_an_oom_retires_it():
     ooms = [p for p in probes if not p.fits]
     assert len(used) == len(ooms) + (0 if probes[-1].fits is False else 1)  # a new worker after each OOM only
     assert len(FakeWorker.started) == len(used) + 1  # and one spare, started ahead and closed unused
+
+
+@pytest.mark.parametrize("model", ["sasrec", "cosrec", "carca", "hstu"])
+def test_a_prediction_measures_a_small_batch_and_scales_what_grows_with_it(model):
+    # A footprint measured at the batch asked for would have to fit in the host's memory.
+    query = model_query(model, "naive", "train", "tiny", "seq_len", 8, 24.0, "float32")
+    scaled = footprint_at(query, 32)
+    point = query.point(32, "cpu")
+    assert point.batch_size > PREDICTION_BATCH
+    direct = step_costs(build_workload(model, point.attention, "train", 32, 8, "tiny", "cpu")).footprint
+    assert sum(scaled.values()) == pytest.approx(direct.total_mib, rel=0.03)
+    assert scaled["params_mib"] == pytest.approx(direct.params_mib)

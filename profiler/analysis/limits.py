@@ -7,6 +7,7 @@ doubles until a probe fails, then bisects between the last fit and the first fai
 GPU (or asked to predict), the tensor footprint measured on the CPU at a few lengths is fitted and
 solved for the budget: a prediction, labelled so.
 """
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -28,8 +29,15 @@ PROBE_TIMEOUT_S = 900.0
 # What a CUDA process holds outside the allocator on the H200 (context and loaded kernels, NVML's
 # baseline in results/h200-default-run2.csv: 808 to 828 MiB); a prediction subtracts it.
 CONTEXT_MIB = 830.0
-# The CPU lengths (or batch sizes) a prediction fits the footprint over.
+# The CPU lengths a prediction fits the footprint over, and the batch sizes when the batch varies.
 PREDICTION_LADDER = (16, 32, 64, 128)
+PREDICTION_BATCH_LADDER = (1, 2, 4, 8)
+# A prediction over lengths measures the footprint at this batch and scales its per-example parts
+# (inputs, activations: no model here mixes the examples of a batch) to the batch asked for; its
+# parameters, gradients and optimizer state do not depend on the batch. Measured at the real batch,
+# the footprint would have to fit in the host's memory: CosRec's is 77 GiB at L = 200, batch 128.
+PREDICTION_BATCH = 2
+PER_EXAMPLE_PARTS = ("inputs_mib", "activations_mib")
 # A found limit is checked by running the step alone at it (it must fit) and this much above it (it must not).
 CHECK_MARGIN = 0.10
 FOOTPRINT_PARTS = ("params_mib", "grads_mib", "optimizer_state_mib", "inputs_mib", "activations_mib")
@@ -186,19 +194,25 @@ def check_limit(query: LimitQuery, largest: int, probe: Callable[[LimitQuery, in
 
 
 def footprint_at(query: LimitQuery, value: int) -> dict:
-    """The tensor footprint's parts (MiB) of one step on the CPU."""
+    """The tensor footprint's parts (MiB) of one step, measured on the CPU (see PREDICTION_BATCH)."""
     point = query.point(value, "cpu")
+    scale = 1.0
+    if query.vary == "seq_len" and point.batch_size > PREDICTION_BATCH:
+        scale = point.batch_size / PREDICTION_BATCH
+        point = dataclasses.replace(point, batch_size=PREDICTION_BATCH)
     workload = build_workload(point.model, point.attention, point.mode, point.seq_len, point.batch_size,
                               point.profile, "cpu", dtype=point.dtype)
     parts = step_costs(workload).footprint
-    return {name: getattr(parts, name) for name in FOOTPRINT_PARTS}
+    return {name: getattr(parts, name) * (scale if name in PER_EXAMPLE_PARTS else 1.0) for name in FOOTPRINT_PARTS}
 
 
-def predicted_limit(query: LimitQuery, limit: int, ladder=PREDICTION_LADDER) -> tuple[int | None, dict]:
+def predicted_limit(query: LimitQuery, limit: int, ladder=None) -> tuple[int | None, dict]:
     """The largest value whose fitted footprint plus the CUDA context stays within the budget."""
     budget_mib = query.memory_gib * GIB_MIB - CONTEXT_MIB
     if budget_mib <= 0:
         raise LimitError(f"a {query.memory_gib:g} GiB budget is below the CUDA context (about {CONTEXT_MIB:.0f} MiB)")
+    if ladder is None:
+        ladder = PREDICTION_LADDER if query.vary == "seq_len" else PREDICTION_BATCH_LADDER
     measured = {value: footprint_at(query, value) for value in ladder}
     totals = [sum(parts.values()) for parts in measured.values()]
     coefs = fit_polynomial(list(measured), totals)
