@@ -3,6 +3,7 @@ an error while the sweep goes on, Ctrl-C and --resume as for a local sweep, and 
 without Ray. Deselect with -m "not ray"; `make test` installs Ray and runs them."""
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -145,3 +146,19 @@ def test_without_ray_the_ray_backend_is_a_one_line_error(tmp_path, monkeypatch):
         'seqprof: error: the ray backend needs Ray, an optional extra: pip install -e ".[ray]" (or pip install "ray>=2.9")'
     ]
     assert not (tmp_path / "r.csv").exists()
+
+
+@needs_ray
+def test_a_cluster_nobody_listens_at_is_one_line_and_exit_2(monkeypatch):
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh process, whatever ran before
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["sweep", "--backend", "ray", "--models", "sasrec", "--lengths", "8",
+                                      "--device", "cpu", "--no-plot"])
+    assert result.exit_code == 2, result.output
+    assert f"cannot reach the Ray cluster at RAY_ADDRESS=127.0.0.1:{port}" in result.output
+    assert "Traceback" not in result.output
+    assert time.monotonic() - started < 60

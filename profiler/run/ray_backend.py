@@ -15,6 +15,7 @@ Ray is an optional dependency (``pip install -e ".[ray]"``); nothing imports thi
 sweep asks for ``--backend ray``.
 """
 import os
+import socket
 from dataclasses import dataclass
 
 import ray
@@ -35,12 +36,32 @@ from profiler.run.runner import (
 from profiler.run.worker import GpuAssignment
 from profiler.trackers.environment import cpu_name
 
+# How long the head node in RAY_ADDRESS may take to accept a connection before the sweep gives up.
+HEAD_CONNECT_TIMEOUT_S = 10.0
+
+
+def check_reachable(address: str, timeout_s: float = HEAD_CONNECT_TIMEOUT_S) -> None:
+    """A ValueError of one line when nothing listens at ``address`` (host:port, or ray://host:port):
+    Ray itself would keep retrying for minutes, printing warnings. 'auto' and 'local' are Ray's to
+    resolve and are not checked."""
+    host, separator, port = address.removeprefix("ray://").rpartition(":")
+    if not separator or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ValueError(f"cannot reach the Ray cluster at RAY_ADDRESS={address}: "
+                         f"{exc.strerror or type(exc).__name__}") from None
+
 
 def connect() -> None:
     """Joins the cluster in RAY_ADDRESS, else one already running on this host, else starts one here."""
     if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS") or None
+        if address is not None:
+            check_reachable(address)
         # Our workers print nothing; Ray's own messages about them would break up the progress display.
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False)
 
 
 def cluster_device(requested: str) -> str:
@@ -50,9 +71,9 @@ def cluster_device(requested: str) -> str:
     """
     if requested not in ("auto", "cuda", "cpu"):
         raise ValueError(f"Unknown device {requested!r}; choose from ['auto', 'cuda', 'cpu']")
+    connect()  # here, where a cluster that cannot be reached is a one-line error of the command
     if requested == "cpu":
         return "cpu"
-    connect()
     gpus = ray.cluster_resources().get("GPU", 0)
     if requested == "cuda" and not gpus:
         raise ValueError("--device cuda was asked for, but the Ray cluster has no GPU")
