@@ -202,9 +202,11 @@ def comparison_tables(setup: Setup, selection: Selection) -> list[ReportTable]:
     )
     if setup.time_ratio:
         first, second = (setup.labels[m] for m in setup.models)
+        ranged = any(low != high for low, high in setup.time_ratio.values())
         time_table.notes.append(
-            f"the paper states {first} / {second} time at L = {', '.join(map(str, sorted(setup.time_ratio)))} only "
-            f"(a range as low-high), not absolute times: compare the {first} / {second} columns")
+            f"the paper states {first} / {second} time at L = {', '.join(map(str, sorted(setup.time_ratio)))} only"
+            + (" (a range, as low-high)" if ranged else "")
+            + f", not absolute times: compare the {first} / {second} columns")
     elif not setup.time_s:
         time_table.notes.append("the paper published no times for this setup")
     return [memory_table, time_table]
