@@ -1,4 +1,5 @@
 """The runner: failures are results, an OOM ends its series, a dead worker is replaced."""
+import dataclasses
 import gc
 import time
 import weakref
@@ -8,10 +9,11 @@ import pytest
 from helpers import TINY_BUDGET
 
 from profiler.results.store import ResultsStore, read_results
+from profiler.run import runner as runner_module
 from profiler.run import worker as worker_module
 from profiler.run.faults import FAULT_ENV, START
 from profiler.run.plan import plan_points
-from profiler.run.runner import RunnerOptions, SweepRunner, Worker, WorkerDied
+from profiler.run.runner import Lane, RunnerOptions, SweepRunner, Worker, WorkerDied
 
 
 def run(tmp_path, points, **options):
@@ -169,3 +171,59 @@ def test_what_a_worker_freezes_at_start_leaves_later_garbage_to_the_collector():
         assert alive() is None
     finally:
         gc.unfreeze()
+
+
+class _StartedWorker:
+    """Stands in for a worker process: records what it was asked to prime for, measures nothing."""
+
+    started: list = []
+
+    def __init__(self, device, cpu=None, threads=1, gpu=None, start_off=frozenset(), prime=None):
+        self.device, self.prime, self.points_measured, self.start_s = device, prime, 0, 0.0
+        self.process = type("Alive", (), {"is_alive": staticmethod(lambda: True)})()
+        self.measured: list = []
+        _StartedWorker.started.append(self)
+
+    def measure(self, point, budget, timeout_s, memory_limit_mib=None, memory_snapshot_dir=None):
+        self.points_measured += 1
+        self.measured.append(point)
+        return {"status": "ok"}
+
+    def close(self):
+        pass
+
+    kill = close
+
+
+def test_each_spare_is_primed_for_the_first_point_of_the_variant_it_will_serve(monkeypatch):
+    monkeypatch.setattr(runner_module, "Worker", _StartedWorker)
+    _StartedWorker.started = []
+    points = plan_points(["sasrec", "caser"], [50, 200], ["train", "infer"], ["naive", "sdpa"], 8, None, "cuda")
+    list(Lane(RunnerOptions()).measure(points, {}))
+    started = _StartedWorker.started
+    firsts = [points[0], points[4], points[8]]  # sasrec naive, sasrec sdpa, caser: four points each
+    assert [worker.prime for worker in started] == firsts + [None]  # the last spare has no variant left
+    assert [worker.measured[0] for worker in started[:3]] == firsts
+    assert started[3].measured == []
+
+
+def test_with_a_fresh_worker_per_point_each_spare_is_primed_for_the_next_point(monkeypatch):
+    monkeypatch.setattr(runner_module, "Worker", _StartedWorker)
+    _StartedWorker.started = []
+    points = plan_points(["sasrec"], [50, 200], ["train"], ["naive"], 8, None, "cuda")
+    list(Lane(RunnerOptions(fresh_worker_per_point=True)).measure(points, {}))
+    assert [worker.prime for worker in _StartedWorker.started] == [points[0], points[1], None]
+
+
+def test_a_prime_that_fails_while_starting_is_left_to_the_first_point(monkeypatch):
+    point = sasrec_points([8])[0]
+    monkeypatch.setattr(worker_module, "prime_process", lambda p: None)
+    assert worker_module._prime_ahead(point) == worker_module.priming_key(point)
+
+    def broken(p):
+        raise RuntimeError("no kernel image")
+
+    monkeypatch.setattr(worker_module, "prime_process", broken)
+    assert worker_module._prime_ahead(point) is None
+    other = dataclasses.replace(point, dtype="bf16")
+    assert worker_module.priming_key(other) != worker_module.priming_key(point)

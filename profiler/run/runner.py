@@ -55,12 +55,15 @@ class Worker:
     """One worker process and the pipe to it."""
 
     def __init__(self, device: str, cpu: int | None = None, threads: int = 1, gpu: GpuAssignment | None = None,
-                 start_off: frozenset[int] = frozenset()):
+                 start_off: frozenset[int] = frozenset(), prime: PointSpec | None = None):
+        """``prime``: the point this worker will most likely measure first; on CUDA it primes for it
+        while it starts (see worker._serve)."""
         ctx = multiprocessing.get_context("spawn")  # fork would copy the parent's CUDA state
         self.device = device
         self._conn, child_conn = ctx.Pipe()
         self.process = ctx.Process(target=worker_main,
-                                   args=(child_conn, device, cpu, threads, os.getpid(), gpu, start_off),
+                                   args=(child_conn, device, cpu, threads, os.getpid(), gpu, start_off,
+                                         None if prime is None else prime.as_dict()),
                                    daemon=True)
         self._spawned_at = time.perf_counter()
         # The worker starts with these blocked, so a Ctrl-C while it imports torch stays pending
@@ -221,7 +224,7 @@ class Lane:
         """Measures ``points`` in order, announcing each as it starts and ends; stops between points
         once ``stopped()``. ``oom_at``: the shortest length that ran out of memory, by series."""
         oom_at = dict(oom_at)
-        for point in points:
+        for index, point in enumerate(points):
             if stopped():
                 return
             yield PointStarted(point)
@@ -229,7 +232,7 @@ class Lane:
             if reason is not None:
                 row = point_row(point, {"status": "skipped", "error": reason}, 0.0, self.device_name)
             else:
-                row = self._measure(point)
+                row = self._measure(point, self._next_worker_point(point, points[index + 1:]))
                 if row["status"] == "oom":
                     oom_at[point.series] = min(point.seq_len, oom_at.get(point.series, point.seq_len))
             yield PointFinished(point, row)
@@ -246,11 +249,18 @@ class Lane:
             if worker is not None:
                 worker.kill()
 
-    def _measure(self, point: PointSpec) -> dict:
+    def _next_worker_point(self, point: PointSpec, upcoming: list[PointSpec]) -> PointSpec | None:
+        """The first of ``upcoming`` that will need a new worker if ``point``'s worker serves on: the
+        point the spare primes for. None where ``upcoming`` has none (a lane given one variant)."""
+        if self.options.fresh_worker_per_point:
+            return upcoming[0] if upcoming else None
+        return next((later for later in upcoming if worker_group(later) != worker_group(point)), None)
+
+    def _measure(self, point: PointSpec, next_worker_point: PointSpec | None = None) -> dict:
         group = worker_group(point)
         if self._worker is None or group != self._worker_group or self.options.fresh_worker_per_point:
             self._retire_worker()
-            self._worker, self._worker_group = self._take_worker(point.device), group
+            self._worker, self._worker_group = self._take_worker(point, next_worker_point), group
         worker = self._worker
         fresh = worker.points_measured == 0
         started = time.perf_counter()
@@ -266,27 +276,29 @@ class Lane:
             self._retire_worker()  # a fresh process for whatever comes next
         return point_row(point, record, time.perf_counter() - started, self.device_name)
 
-    def _new_worker(self, device: str) -> Worker:
+    def _new_worker(self, device: str, prime: PointSpec | None = None) -> Worker:
         """On CUDA the worker is pinned to its lane's core; on the CPU the step needs every core."""
         if device != "cuda" or not self.options.pin_cpu:
-            return Worker(device, None, self.options.threads, self.gpu)
+            return Worker(device, None, self.options.threads, self.gpu, prime=prime)
         start_off = frozenset(cpu for cpu in map(measuring_cpu, range(self.slots)) if cpu is not None)
-        return Worker(device, measuring_cpu(self.slot), self.options.threads, self.gpu, start_off)
+        return Worker(device, measuring_cpu(self.slot), self.options.threads, self.gpu, start_off, prime)
 
-    def _take_worker(self, device: str) -> Worker:
-        """A started worker for ``device``: the spare if there is one, and a new spare behind it.
+    def _take_worker(self, point: PointSpec, next_worker_point: PointSpec | None = None) -> Worker:
+        """A started worker for ``point``: the spare if there is one, and a new spare behind it,
+        primed for ``next_worker_point``.
 
         On CUDA, starting a worker (imports, CUDA context) takes seconds; the spare does it while
         the current worker measures, on the other cores (the worker keeps off the measuring cores
         until its first point), so it leaves the sweep's critical path. On the CPU the step needs
         every core, so workers start when they are needed.
         """
+        device = point.device
         worker = self._spare if self._spare is not None and self._spare.device == device else None
         if worker is None or not worker.process.is_alive():
             if self._spare is not None:
                 self._spare.kill()
-            worker = self._new_worker(device)
-        self._spare = self._new_worker(device) if device == "cuda" and self.use_spare else None
+            worker = self._new_worker(device, point)
+        self._spare = self._new_worker(device, next_worker_point) if device == "cuda" and self.use_spare else None
         return worker
 
     def _retire_worker(self) -> None:

@@ -134,14 +134,33 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def priming_key(point: PointSpec) -> tuple:
+    """What a prime loads kernels for: the model variant in its arithmetic."""
+    return point.model, point.attention, point.profile, point.device, point.dtype
+
+
+def _prime_ahead(point: PointSpec) -> tuple | None:
+    """Primes for ``point`` while the worker starts; the priming key, or None where it failed (the
+    first point then primes again and reports the failure as its own)."""
+    try:
+        prime_process(point)
+        return priming_key(point)
+    except Exception:  # noqa: BLE001 - measured again, with its error recorded, at the first point
+        return None
+    finally:
+        _release_memory(point.device)
+
+
 def worker_main(conn, device: str, cpu: int | None, threads: int, parent_pid: int,
-                gpu: GpuAssignment | None = None, start_off: frozenset[int] = frozenset()) -> None:
+                gpu: GpuAssignment | None = None, start_off: frozenset[int] = frozenset(),
+                prime: dict | None = None) -> None:
     """Entry point of the worker process: receive (point, budget) dicts, send records, until None.
 
     ``cpu`` pins the process to one core. A training step of a small model is bound by the host
     launching kernels, and a launching thread that migrates between cores makes its times jitter.
     Until its first point the worker keeps off ``cpu`` and the cores in ``start_off`` (those other
-    workers measure on). ``gpu``: the one GPU this worker sees; its records name it.
+    workers measure on). ``gpu``: the one GPU this worker sees; its records name it. ``prime``: the
+    point (as a dict) the worker expects first, primed for during start-up (see ``_serve``).
     """
     # Ctrl-C and a terminal's hangup go to the whole process group; the runner decides when to
     # stop, and the point in flight finishes so its measurement is kept. The runner started this
@@ -151,14 +170,20 @@ def worker_main(conn, device: str, cpu: int | None, threads: int, parent_pid: in
     signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_HELD_SIGNALS)
     _die_with_parent(parent_pid)
     try:
-        _serve(conn, device, cpu, threads, gpu, start_off)
+        _serve(conn, device, cpu, threads, gpu, start_off, PointSpec(**prime) if prime else None)
     except (BrokenPipeError, ConnectionResetError):  # the runner is gone: nothing waits for results
         pass
 
 
 def _serve(conn, device: str, cpu: int | None, threads: int, gpu: GpuAssignment | None,
-           start_off: frozenset[int]) -> None:
-    """Starts (its GPU, threads, core, CUDA context, NVML), says whether it is ready, then measures."""
+           start_off: frozenset[int], prime: PointSpec | None = None) -> None:
+    """Starts (its GPU, threads, core, CUDA context, NVML), says whether it is ready, then measures.
+
+    On CUDA a worker started ahead of need is told the point it will most likely measure first, and
+    primes for it (``prime_process``) before it says it is ready: seconds of lazy kernel loading
+    on the starting cores, while another worker measures, rather than on the sweep's critical path.
+    A first point of another variant or arithmetic primes again.
+    """
     if gpu is not None and gpu.visible_devices is not None:
         # Before CUDA initialises (torch reads it once, at the first CUDA call): device 0 is that GPU.
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu.visible_devices
@@ -197,6 +222,7 @@ def _serve(conn, device: str, cpu: int | None, threads: int, gpu: GpuAssignment 
     except Exception as exc:  # noqa: BLE001 - a worker that cannot start says why
         conn.send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
         return
+    primed_for = _prime_ahead(prime) if prime is not None and device == "cuda" else None
     _freeze_survivors()
     conn.send({"ready": True})
     frozen_after_first_point = False
@@ -214,6 +240,7 @@ def _serve(conn, device: str, cpu: int | None, threads: int, gpu: GpuAssignment 
             os.sched_setaffinity(0, {cpu})
             pinned = True
         point = PointSpec(**message["point"])
+        primed = primed or primed_for == priming_key(point)
         budget = MeasurementBudget(**message["budget"])
         snapshot_dir = message.get("memory_snapshot_dir")
         record = measure_safely(point, budget, nvml_reader, prime=not primed, measure=measure,
