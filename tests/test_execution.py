@@ -6,7 +6,13 @@ from profiler.analysis.series import series_of
 from profiler.results.store import read_results
 from profiler.run.plan import plan_points
 from profiler.run.sweep import SweepRequest
-from profiler.run.workload import build_workload, capture_failure, step_function, training_optimizer
+from profiler.run.workload import (
+    build_workload,
+    capture_failure,
+    compile_by_calling,
+    step_function,
+    training_optimizer,
+)
 from profiler.trackers.timing import MeasurementBudget
 
 
@@ -17,6 +23,20 @@ def test_a_compiled_step_computes_what_the_eager_step_computes_and_compiles_in_p
     compiled = torch.compile(workload.model.predict)
     with torch.inference_mode():
         torch.testing.assert_close(compiled(workload.batch), workload.model.predict(workload.batch))
+
+
+def test_every_compiled_point_of_a_worker_compiles_past_the_recompile_limit(monkeypatch):
+    # A worker measures many points of one model: each compiles its own static graph, however many
+    # came before (past the limit, torch would run the step eagerly and it would be timed as compiled).
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    for seq_len in (8, 12, 16):
+        workload = build_workload("convrec-light", None, "infer", seq_len, 2, "tiny", "cpu", execution="compile")
+        workload.prepare()  # raises where nothing compiled
+
+
+def test_a_step_that_compiles_nothing_is_an_error_not_a_compiled_point():
+    with pytest.raises(RuntimeError, match="compiled no graph"):
+        compile_by_calling(lambda: None)
 
 
 def test_cuda_graphs_and_unknown_executions_are_refused_where_they_cannot_run():

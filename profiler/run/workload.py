@@ -83,11 +83,31 @@ def build_workload(
     eager = step_of(model, model.predict)
     workload = Workload(model, batch, optimizer, eager, mode, eager_step=eager)
     if execution == "compile":
-        # Compilation happens at the first call: ``prepare`` makes that call, so it stays out of
-        # every timed step and its cost is recorded on its own.
-        workload.step = step_of(torch.compile(model), torch.compile(model.predict))
-        workload.prepare = workload.step
+        # Every point compiles afresh, for its own shapes. Without the reset the points its worker
+        # measured before count as recompilations of the same forward: shapes turn dynamic from
+        # the second length on, and past torch._dynamo's recompile limit (8) the step silently
+        # runs eagerly. Compilation happens at the first call: ``prepare`` makes that call, so it
+        # stays out of every timed step and its cost is recorded on its own.
+        torch._dynamo.reset()
+        compiled = step_of(torch.compile(model, dynamic=False), torch.compile(model.predict, dynamic=False))
+        workload.step = compiled
+        workload.prepare = lambda: compile_by_calling(compiled)
     return workload
+
+
+def compile_by_calling(step: Callable[[], None]) -> None:
+    """Runs a torch.compile'd ``step`` once, which compiles it; an error if nothing was compiled
+    (the step would run eagerly, and be timed as if compiled)."""
+    before = _compiled_graphs()
+    step()
+    if _compiled_graphs() == before:
+        raise RuntimeError("torch.compile compiled no graph for this step: it would run eagerly")
+
+
+def _compiled_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
 
 
 def training_optimizer(model: nn.Module, execution: str) -> torch.optim.Optimizer:
