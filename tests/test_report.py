@@ -1,5 +1,6 @@
 """`seqprof report` and `seqprof reproduce`: tables from files with OOM, skipped and error rows,
 Markdown, the papers' numbers beside the measured ones, and one-line errors for bad files."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -310,11 +311,17 @@ def test_hstu_falls_back_to_a_small_cpu_version_end_to_end(monkeypatch, tmp_path
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     out = tmp_path / "hstu.csv"
     result = runner.invoke(app, ["reproduce", "hstu", "--out", str(out), "--lengths", "8,16", "--profile", "tiny",
-                                 "--batch-size", "2"])
+                                 "--batch-size", "2", "--min-reps", "3", "--max-reps", "3", "--max-warmup", "2"])
     assert result.exit_code == 0, result.output
     assert "NOT comparable" in result.output and "5.30-15.20" in result.output
     frame = read_results(out)
     assert set(frame["status"]) == {"ok"} and set(frame["mode"]) == {"train"}
+    # A paper's long setup takes the sweep's budget options: exactly three timed steps a point.
+    assert set(frame["reps"]) == {3} and (frame["warmup_steps"] <= 2).all()
+    budget = json.loads(Path(f"{out}.meta.json").read_text())["runs"][-1]["budget"]
+    assert (budget["min_reps"], budget["max_reps"], budget["max_warmup_steps"]) == (3, 3, 2)
+    result = runner.invoke(app, ["reproduce", "hstu", "--from-results", str(out), "--time-budget-s", "1"])
+    assert result.exit_code == 2 and "drop --time-budget-s" in result.output
     assert dict(zip(frame["model"], frame["attention"])) == {"sasrec": "sdpa", "hstu": "none"}
     assert (tmp_path / "hstu-plots" / "reproduce-hstu-hstu.png").exists()
 

@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from profiler.cli import options
+from profiler.cli.budget import MaxReps, MaxWarmup, MinReps, TargetCi, TimeBudget, Warmup, measurement_budget
 from profiler.cli.common import console, fail, out, plots_dir_for, read_or_fail
 from profiler.cli.sweep import measure_with_progress, stop_after_interrupt
 from profiler.reproduce import setups
@@ -48,6 +49,12 @@ def reproduce_command(
     plots_dir: Annotated[Optional[Path], typer.Option(
         metavar="DIR", show_default="<results file without .csv>-plots/, beside it",
         help="Folder for the figure (PNG and SVG).")] = None,
+    target_ci: TargetCi = None,
+    time_budget_s: TimeBudget = None,
+    min_reps: MinReps = None,
+    max_reps: MaxReps = None,
+    warmup: Warmup = None,
+    max_warmup: MaxWarmup = None,
 ) -> None:
     """Run a paper's efficiency experiment and set the measurements beside its published numbers."""
     from profiler.present.plots import save_figure
@@ -57,7 +64,10 @@ def reproduce_command(
     setup = setups.get_setup(setup_name)
     if from_results is not None:
         measuring = [flag for flag, value in (("--out", out_path), ("--resume", resume or None), ("--batch-size", batch_size),
-                                              ("--lengths", lengths), ("--profile", profile)) if value is not None]
+                                              ("--lengths", lengths), ("--profile", profile), ("--target-ci", target_ci),
+                                              ("--time-budget-s", time_budget_s), ("--min-reps", min_reps),
+                                              ("--max-reps", max_reps), ("--warmup", warmup),
+                                              ("--max-warmup", max_warmup)) if value is not None]
         if measuring:
             fail(f"--from-results compares an existing file and measures nothing; drop {', '.join(measuring)}")
         frame, source = read_or_fail(from_results), from_results
@@ -69,8 +79,10 @@ def reproduce_command(
             fail(str(exc))
         if resume and out_path is None:
             fail("--resume needs --out, the results file to continue")
+        budget = measurement_budget(defaults_for(resolved).budget, target_ci=target_ci, time_budget_s=time_budget_s,
+                                    min_reps=min_reps, max_reps=max_reps, warmup=warmup, max_warmup=max_warmup)
         request = setups.sweep_request(
-            setup, resolved, out_path or setups.default_results_path(setup, resolved), defaults_for(resolved).budget,
+            setup, resolved, out_path or setups.default_results_path(setup, resolved), budget,
             batch_size=batch_size, lengths=lengths, profile=profile, resume=resume, argv=sys.argv[1:],
         )
         store, _, interrupted, _ = measure_with_progress(

@@ -1,5 +1,4 @@
 """seqprof sweep: measure a grid of points, with progress, into a results file."""
-import dataclasses
 import shlex
 import signal
 import sys
@@ -11,6 +10,7 @@ import typer
 
 from models.registry import REGISTRY
 from profiler.cli import options
+from profiler.cli.budget import MaxReps, MaxWarmup, MinReps, TargetCi, TimeBudget, Warmup, measurement_budget
 from profiler.cli.common import console, draw_figures, fail, out, plots_dir_for
 from profiler.present.display import SweepProgress, phase_breakdown, summary_table
 from profiler.results.store import ResultsFileError, ResultsStore
@@ -63,24 +63,12 @@ def sweep(
         callback=options.parse_executions, metavar="EXECUTION,...", show_default="eager",
         help="How the step runs, comma-separated: eager, compile (torch.compile; compile time recorded "
         "apart, never in a step), cuda-graphs (the step captured once and replayed).")] = None,
-    target_ci: Annotated[Optional[float], typer.Option(
-        parser=options.number(0.0, 1.0), metavar="FRACTION", show_default=options.per_device_budget("target_ci"),
-        help="Stop repeating once the median's 95% interval is within this fraction of it.")] = None,
-    time_budget_s: Annotated[Optional[float], typer.Option(
-        parser=options.number(0.0), metavar="SECONDS", show_default=options.per_device_budget("time_budget_s"),
-        help="Most timed seconds per point, whatever the interval.")] = None,
-    min_reps: Annotated[Optional[int], typer.Option(
-        parser=options.integer(1, options.MAX_REPS), metavar="N", show_default=options.per_device_budget("min_reps"),
-        help="Fewest timed repetitions per point.")] = None,
-    max_reps: Annotated[Optional[int], typer.Option(
-        parser=options.integer(1, options.MAX_REPS), metavar="N", show_default=options.per_device_budget("max_reps"),
-        help="Most timed repetitions per point.")] = None,
-    warmup: Annotated[Optional[int], typer.Option(
-        parser=options.integer(1, options.MAX_WARMUP_STEPS), metavar="N", show_default=options.per_device_budget("warmup_steps"),
-        help="Fewest warm-up steps; more run until the step time settles.")] = None,
-    max_warmup: Annotated[Optional[int], typer.Option(
-        parser=options.integer(1, options.MAX_WARMUP_STEPS), metavar="N", show_default=options.per_device_budget("max_warmup_steps"),
-        help="Most warm-up steps.")] = None,
+    target_ci: TargetCi = None,
+    time_budget_s: TimeBudget = None,
+    min_reps: MinReps = None,
+    max_reps: MaxReps = None,
+    warmup: Warmup = None,
+    max_warmup: MaxWarmup = None,
     threads: Annotated[Optional[int], typer.Option(
         parser=options.integer(1, options.MAX_THREADS), metavar="N", show_default=options.per_device("threads"), help="torch threads of a worker.")] = None,
     point_timeout_s: Annotated[float, typer.Option(
@@ -114,13 +102,8 @@ def sweep(
     except ValueError as exc:
         fail(str(exc))
     defaults = defaults_for(resolved_device)
-    given = {"warmup_steps": warmup, "max_warmup_steps": max_warmup, "time_budget_s": time_budget_s,
-             "min_reps": min_reps, "max_reps": max_reps, "target_ci": target_ci}
-    budget = dataclasses.replace(defaults.budget, **{k: v for k, v in given.items() if v is not None})
-    if budget.min_reps > budget.max_reps:
-        fail(f"--min-reps {budget.min_reps} is larger than --max-reps {budget.max_reps}")
-    if budget.warmup_steps > budget.max_warmup_steps:
-        budget = dataclasses.replace(budget, max_warmup_steps=budget.warmup_steps)
+    budget = measurement_budget(defaults.budget, target_ci=target_ci, time_budget_s=time_budget_s, min_reps=min_reps,
+                                max_reps=max_reps, warmup=warmup, max_warmup=max_warmup)
     if resume and out_path is None:
         fail("--resume needs --out, the results file to continue")
     # Locked before it is read: the options recorded in its sidecar and its rows are those no
