@@ -11,7 +11,6 @@ DataFrame, then report, plot and compare results.
 Each function takes what the command of the same name takes, as Python values; bad input raises
 ValueError (or ResultsFileError for a results file) with the command line's one-line message.
 """
-import dataclasses
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from profiler.run.precision import DTYPES
 from profiler.run.runner import SweepEvents
 from profiler.run.sweep import SweepRequest, defaults_for, open_store, run_sweep
 from profiler.trackers.environment import resolve_device
+from profiler.trackers.timing import budget_with
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -95,6 +95,7 @@ def sweep(
     point_timeout_s: float = 900.0,
     fresh_worker_per_point: bool = False,
     pin_cpu: bool = True,
+    spare_workers: int = 1,
 ) -> pd.DataFrame:
     """Measures every point of ``models`` x ``lengths`` x modes (x backends, x dtypes) and returns the
     rows, as ``seqprof sweep`` writes them.
@@ -117,15 +118,12 @@ def sweep(
     defaults = defaults_for(resolved)
     modes = _listed(mode, "mode", (*MODES, "both"))
     modes = list(MODES) if modes == ["both"] else modes
-    given = {"warmup_steps": warmup, "max_warmup_steps": max_warmup, "time_budget_s": time_budget_s,
-             "min_reps": min_reps, "max_reps": max_reps, "target_ci": target_ci}
-    budget = dataclasses.replace(defaults.budget, **{k: v for k, v in given.items() if v is not None})
-    if budget.warmup_steps > budget.max_warmup_steps:
-        budget = dataclasses.replace(budget, max_warmup_steps=budget.warmup_steps)
-    if budget.min_reps > budget.max_reps:
-        raise ValueError(f"min_reps {budget.min_reps} is larger than max_reps {budget.max_reps}")
+    budget = budget_with(defaults.budget, target_ci=target_ci, time_budget_s=time_budget_s, min_reps=min_reps,
+                         max_reps=max_reps, warmup=warmup, max_warmup=max_warmup)
     if resume and out is None:
         raise ValueError("resume needs out, the results file to continue")
+    if spare_workers < 0:
+        raise ValueError(f"spare_workers must be 0 or more; got {spare_workers}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be positive; got {batch_size}")
     with tempfile.TemporaryDirectory(prefix="seqprof-") as scratch:
@@ -144,6 +142,7 @@ def sweep(
             point_timeout_s=point_timeout_s,
             fresh_worker_per_point=fresh_worker_per_point,
             pin_cpu=pin_cpu,
+            spare_workers=spare_workers,
             dtypes=_listed(dtype, "dtype", DTYPES) or ["float32"],
             threads=threads or defaults.threads,
             argv=["profiler.api.sweep"],

@@ -60,6 +60,8 @@ def test_a_class_workers_cannot_import_is_refused(monkeypatch):
         (dict(mode="fly"), "unknown mode 'fly'"),
         (dict(models="gru4rec"), "unknown model 'gru4rec'"),
         (dict(resume=True), "resume needs out"),
+        (dict(min_reps=9, max_reps=3), "min_reps 9 is larger than max_reps 3"),
+        (dict(spare_workers=-1), "spare_workers must be 0 or more"),
     ],
 )
 def test_bad_options_raise_the_command_lines_message(options, message):

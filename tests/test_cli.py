@@ -174,6 +174,8 @@ def test_env_names_torch_and_the_commit():
         (["--profile", "imdb"], "unknown profile 'imdb'"),
         (["--device", "tpu"], "unknown device 'tpu'"),
         (["--min-reps", "9", "--max-reps", "3"], "larger than --max-reps"),
+        (["--spare-workers", "9"], "spare-workers"),
+        (["--spare-workers", "-1"], "spare-workers"),
         (["--resume"], "--resume needs --out"),
     ],
 )

@@ -227,3 +227,38 @@ def test_a_prime_that_fails_while_starting_is_left_to_the_first_point(monkeypatc
     assert worker_module._prime_ahead(point) is None
     other = dataclasses.replace(point, dtype="bf16")
     assert worker_module.priming_key(other) != worker_module.priming_key(point)
+
+
+def test_several_spares_are_primed_for_the_next_variants_and_each_serves_its_own(monkeypatch):
+    monkeypatch.setattr(runner_module, "Worker", _StartedWorker)
+    _StartedWorker.started = []
+    points = plan_points(["sasrec", "caser", "linrec"], [50, 200], ["train"], ["naive", "sdpa"], 8, None, "cuda")
+    firsts = [points[0], points[2], points[4], points[6]]  # sasrec naive, sasrec sdpa, caser, linrec
+    list(Lane(RunnerOptions(spare_workers=3)).measure(points, {}))
+    started = _StartedWorker.started
+    # The first worker, then three spares at once, then none: every variant had its spare.
+    assert [worker.prime for worker in started] == firsts + [None]
+    assert [worker.measured[0] for worker in started[:4]] == firsts
+    assert all(len(worker.measured) == 2 for worker in started[:4]) and started[4].measured == []
+
+
+def test_a_retried_variant_takes_the_spare_needed_last_and_the_next_keeps_its_own(monkeypatch):
+    class FailingFirst(_StartedWorker):
+        """The sweep's first point fails; every other is ok."""
+
+        def measure(self, point, *args, **kwargs):
+            super().measure(point, *args, **kwargs)
+            return {"status": "error", "error": "boom"} if point == points[0] else {"status": "ok"}
+
+    monkeypatch.setattr(runner_module, "Worker", FailingFirst)
+    _StartedWorker.started = []
+    points = plan_points(["sasrec", "caser", "linrec"], [50, 200], ["train"], ["naive"], 8, None, "cuda")
+    list(Lane(RunnerOptions(spare_workers=2)).measure(points, {}))
+    started = _StartedWorker.started
+    # sasrec's first point fails: its second runs in the spare primed for linrec (needed last), and
+    # caser's spare still serves caser; linrec gets a new spare, primed for it.
+    assert started[0].measured == [points[0]]
+    assert started[2].prime == points[4] and started[2].measured == [points[1]]
+    assert started[1].prime == points[2] and started[1].measured == points[2:4]
+    primed_for_linrec = [worker for worker in started[3:] if worker.prime == points[4]]
+    assert len(primed_for_linrec) == 1 and primed_for_linrec[0].measured == points[4:6]

@@ -1,12 +1,11 @@
 """The measurement budget's options, shared by the commands that measure (sweep, reproduce)."""
-import dataclasses
 from typing import Annotated, Optional
 
 import typer
 
 from profiler.cli import options
 from profiler.cli.common import fail
-from profiler.trackers.timing import MeasurementBudget
+from profiler.trackers.timing import MeasurementBudget, budget_with
 
 TargetCi = Annotated[Optional[float], typer.Option(
     parser=options.number(0.0, 1.0), metavar="FRACTION", show_default=options.per_device_budget("target_ci"),
@@ -29,16 +28,9 @@ MaxWarmup = Annotated[Optional[int], typer.Option(
     show_default=options.per_device_budget("max_warmup_steps"), help="Most warm-up steps.")]
 
 
-def measurement_budget(defaults: MeasurementBudget, *, target_ci: float | None = None,
-                       time_budget_s: float | None = None, min_reps: int | None = None,
-                       max_reps: int | None = None, warmup: int | None = None,
-                       max_warmup: int | None = None) -> MeasurementBudget:
+def measurement_budget(defaults: MeasurementBudget, **given) -> MeasurementBudget:
     """The device's budget with the options given; contradictory counts are one line and exit 2."""
-    given = {"warmup_steps": warmup, "max_warmup_steps": max_warmup, "time_budget_s": time_budget_s,
-             "min_reps": min_reps, "max_reps": max_reps, "target_ci": target_ci}
-    budget = dataclasses.replace(defaults, **{k: v for k, v in given.items() if v is not None})
-    if budget.min_reps > budget.max_reps:
-        fail(f"--min-reps {budget.min_reps} is larger than --max-reps {budget.max_reps}")
-    if budget.warmup_steps > budget.max_warmup_steps:
-        budget = dataclasses.replace(budget, max_warmup_steps=budget.warmup_steps)
-    return budget
+    try:
+        return budget_with(defaults, **given, option=lambda name: "--" + name.replace("_", "-"))
+    except ValueError as exc:
+        fail(str(exc))

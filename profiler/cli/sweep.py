@@ -77,6 +77,10 @@ def sweep(
     seed: Annotated[int, typer.Option(parser=options.integer(0, options.MAX_SEED), metavar="N", help="Seed of initialisation and synthetic batches.")] = 0,
     fresh_worker_per_point: Annotated[bool, typer.Option(
         help="A new worker process for every point, instead of one per model variant.")] = False,
+    spare_workers: Annotated[int, typer.Option(
+        parser=options.integer(0, options.MAX_SPARE_WORKERS), metavar="N",
+        help="On CUDA, workers started ahead of need, each priming itself for one of the next model variants "
+        "while the current one measures; 0 starts each when it is needed.")] = 1,
     pin_cpu: Annotated[bool, typer.Option(
         help="On CUDA, pin the worker to one CPU core: steadier times for launch-bound steps.")] = True,
     plot: Annotated[bool, typer.Option(help="At the end, draw memory and time vs length.")] = True,
@@ -146,6 +150,7 @@ def sweep(
             point_timeout_s=point_timeout_s,
             fresh_worker_per_point=fresh_worker_per_point,
             pin_cpu=pin_cpu,
+            spare_workers=spare_workers,
             dtypes=dtype or ["float32"],
             executions=execution or ["eager"],
             threads=threads or defaults.threads,

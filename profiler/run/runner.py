@@ -24,7 +24,7 @@ from models.profiles import get_profile
 from profiler.results.schema import PointSpec, SeriesKey, oom_note
 from profiler.results.store import ResultsStore
 from profiler.run.plugins import plugin_columns, resolve_spec, unsupported
-from profiler.run.worker import WORKER_HELD_SIGNALS, GpuAssignment, point_message, worker_main
+from profiler.run.worker import WORKER_HELD_SIGNALS, GpuAssignment, point_message, priming_key, worker_main
 from profiler.trackers.timing import MeasurementBudget
 
 
@@ -36,6 +36,8 @@ class RunnerOptions:
     pin_cpu: bool = True  # on CUDA: one core for the worker (see worker_main)
     threads: int = 1  # torch's intra-op threads in the worker
     memory_snapshot_dir: Path | None = None  # on CUDA, a memory snapshot of every point goes here
+    # On CUDA, workers started ahead of need, each primed for one of the next model variants.
+    spare_workers: int = 1
 
 
 class WorkerDied(Exception):
@@ -60,6 +62,7 @@ class Worker:
         while it starts (see worker._serve)."""
         ctx = multiprocessing.get_context("spawn")  # fork would copy the parent's CUDA state
         self.device = device
+        self.prime = prime
         self._conn, child_conn = ctx.Pipe()
         self.process = ctx.Process(target=worker_main,
                                    args=(child_conn, device, cpu, threads, os.getpid(), gpu, start_off,
@@ -214,10 +217,10 @@ class Lane:
         self.gpu = gpu
         self.slot = slot
         self.slots = slots
-        self.use_spare = spare
+        self.spares_wanted = options.spare_workers if spare else 0
         self._worker: Worker | None = None
         self._worker_group: tuple | None = None
-        self._spare: Worker | None = None  # the next worker, started while the current one measures
+        self._spares: list[Worker] = []  # the next workers, started while the current one measures
 
     def measure(self, points: list[PointSpec], oom_at: dict[SeriesKey, int],
                 stopped: Callable[[], bool] = lambda: False) -> Iterator[PointStarted | PointFinished]:
@@ -232,35 +235,43 @@ class Lane:
             if reason is not None:
                 row = point_row(point, {"status": "skipped", "error": reason}, 0.0, self.device_name)
             else:
-                row = self._measure(point, self._next_worker_point(point, points[index + 1:]))
+                row = self._measure(point, self._next_worker_points(point, points[index + 1:]))
                 if row["status"] == "oom":
                     oom_at[point.series] = min(point.seq_len, oom_at.get(point.series, point.seq_len))
             yield PointFinished(point, row)
 
     def close(self) -> None:
         self._retire_worker()
-        if self._spare is not None:
-            self._spare.close()
-            self._spare = None
+        for spare in self._spares:
+            spare.close()
+        self._spares = []
 
     def abort(self) -> None:
         """Kills this lane's workers now, from any thread: the point in flight ends as an error."""
-        for worker in (self._worker, self._spare):
+        for worker in [self._worker, *self._spares]:
             if worker is not None:
                 worker.kill()
 
-    def _next_worker_point(self, point: PointSpec, upcoming: list[PointSpec]) -> PointSpec | None:
-        """The first of ``upcoming`` that will need a new worker if ``point``'s worker serves on: the
-        point the spare primes for. None where ``upcoming`` has none (a lane given one variant)."""
+    def _next_worker_points(self, point: PointSpec, upcoming: list[PointSpec]) -> list[PointSpec]:
+        """The points of ``upcoming`` that will each need a new worker if ``point``'s worker serves on,
+        in order, as many as spares are wanted: the points the spares prime for. Empty where
+        ``upcoming`` is (a lane given one variant at a time)."""
         if self.options.fresh_worker_per_point:
-            return upcoming[0] if upcoming else None
-        return next((later for later in upcoming if worker_group(later) != worker_group(point)), None)
+            return upcoming[:self.spares_wanted]
+        firsts, groups = [], {worker_group(point)}
+        for later in upcoming:
+            if len(firsts) == self.spares_wanted:
+                break
+            if worker_group(later) not in groups:
+                groups.add(worker_group(later))
+                firsts.append(later)
+        return firsts
 
-    def _measure(self, point: PointSpec, next_worker_point: PointSpec | None = None) -> dict:
+    def _measure(self, point: PointSpec, next_worker_points: list[PointSpec] = ()) -> dict:
         group = worker_group(point)
         if self._worker is None or group != self._worker_group or self.options.fresh_worker_per_point:
             self._retire_worker()
-            self._worker, self._worker_group = self._take_worker(point, next_worker_point), group
+            self._worker, self._worker_group = self._take_worker(point, list(next_worker_points)), group
         worker = self._worker
         fresh = worker.points_measured == 0
         started = time.perf_counter()
@@ -283,28 +294,50 @@ class Lane:
         start_off = frozenset(cpu for cpu in map(measuring_cpu, range(self.slots)) if cpu is not None)
         return Worker(device, measuring_cpu(self.slot), self.options.threads, self.gpu, start_off, prime)
 
-    def _take_worker(self, point: PointSpec, next_worker_point: PointSpec | None = None) -> Worker:
-        """A started worker for ``point``: the spare if there is one, and a new spare behind it,
-        primed for ``next_worker_point``.
+    def _take_worker(self, point: PointSpec, next_worker_points: list[PointSpec] = ()) -> Worker:
+        """A started worker for ``point``: the spare primed for it if there is one (else the spare
+        needed last), and spares behind it, one primed for each of ``next_worker_points``.
 
-        On CUDA, starting a worker (imports, CUDA context) takes seconds; the spare does it while
-        the current worker measures, on the other cores (the worker keeps off the measuring cores
-        until its first point), so it leaves the sweep's critical path. On the CPU the step needs
-        every core, so workers start when they are needed.
+        On CUDA, starting a worker (imports, CUDA context, priming) takes seconds; the spares do it
+        while the current worker measures, on the other cores (a worker keeps off the measuring
+        cores until its first point), so it leaves the sweep's critical path. On the CPU the step
+        needs every core, so workers start when they are needed.
         """
         device = point.device
-        worker = self._spare if self._spare is not None and self._spare.device == device else None
-        if worker is None or not worker.process.is_alive():
-            if self._spare is not None:
-                self._spare.kill()
+        worker = next((spare for spare in self._spares if _primed_for(spare, point)), None)
+        if worker is None and self._spares:
+            worker = self._spares[-1]  # primed for another variant: it primes again at its first point
+        if worker is not None:
+            self._spares.remove(worker)
+        if worker is None or worker.device != device or not worker.process.is_alive():
+            if worker is not None:
+                worker.kill()
             worker = self._new_worker(device, point)
-        self._spare = self._new_worker(device, next_worker_point) if device == "cuda" and self.use_spare else None
+        if device == "cuda" and self.spares_wanted:
+            self._top_up_spares(device, list(next_worker_points))
         return worker
+
+    def _top_up_spares(self, device: str, wanted: list[PointSpec]) -> None:
+        """Spares primed for ``wanted``, in order; those primed for a point no longer wanted closed.
+        Without a point to prime for (what comes next is not known here), one spare unprimed."""
+        stale = [spare for spare in self._spares if wanted and not any(_primed_for(spare, p) for p in wanted)]
+        for spare in stale:
+            self._spares.remove(spare)
+            spare.close()
+        for upcoming in wanted:
+            if not any(_primed_for(spare, upcoming) for spare in self._spares):
+                self._spares.append(self._new_worker(device, upcoming))
+        if not wanted and not self._spares:
+            self._spares.append(self._new_worker(device))
 
     def _retire_worker(self) -> None:
         if self._worker is not None:
             self._worker.close()
         self._worker, self._worker_group = None, None
+
+
+def _primed_for(worker: Worker, point: PointSpec) -> bool:
+    return worker.prime is not None and worker.device == point.device and priming_key(worker.prime) == priming_key(point)
 
 
 class SweepRunner:

@@ -118,6 +118,7 @@ class SweepRequest:
     gpus: list[int] | None = None  # GPUs of this host to spread the points over; None: every visible one
     backend: str = "local"
     memory_snapshot_dir: Path | None = None  # a memory snapshot of every point goes here (CUDA only)
+    spare_workers: int = 1  # on CUDA, workers started and primed ahead of need
 
     def validate(self) -> None:
         """Raises ValueError with one line for a combination no point of which could run."""
@@ -189,7 +190,8 @@ def make_runner(request: SweepRequest, store: ResultsStore, events: SweepEvents,
     """In order on the CPU or one GPU; a lane per GPU on several; Ray tasks with --backend ray."""
     snapshots = request.memory_snapshot_dir
     options = RunnerOptions(request.budget, request.point_timeout_s, request.fresh_worker_per_point, request.pin_cpu,
-                            request.threads, Path(snapshots).resolve() if snapshots is not None else None)
+                            request.threads, Path(snapshots).resolve() if snapshots is not None else None,
+                            spare_workers=request.spare_workers)
     if request.backend == "ray":
         return ray_backend().RayRunner(store, options, events, device_name)
     gpus = [gpu_assignment(index) for index in sweep_gpus(request)]
@@ -253,6 +255,7 @@ def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -
                 "dtypes": request.dtypes,
                 "executions": request.executions,
                 "threads": request.threads,
+                "spare_workers": request.spare_workers,
                 "batch_size": request.batch_size,
                 "profile": request.profile or {m: resolve_spec(m).default_profile for m in request.models},
                 "seed": request.seed,

@@ -8,6 +8,7 @@ synchronises every step (a ``loss.item()`` for logging does) waits: the host clo
 and a synchronisation. A step whose wall time clearly exceeds its device time is bound by the host
 launching kernels. On the CPU both are the host clock.
 """
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
@@ -107,6 +108,22 @@ class MeasurementBudget:
         """A fixed count that fills the time budget, within bounds (for timers that take a count)."""
         wanted = int(self.time_budget_s / max(step_time_s, 1e-9))
         return max(self.min_reps, min(self.max_reps, wanted))
+
+
+def budget_with(defaults: MeasurementBudget, *, target_ci: float | None = None, time_budget_s: float | None = None,
+                min_reps: int | None = None, max_reps: int | None = None, warmup: int | None = None,
+                max_warmup: int | None = None, option=lambda name: name) -> MeasurementBudget:
+    """``defaults`` with the values given (None keeps a default). A ValueError where the counts
+    contradict each other, naming the options as ``option`` spells them; more warm-up steps than
+    the most allowed raise the most."""
+    given = {"warmup_steps": warmup, "max_warmup_steps": max_warmup, "time_budget_s": time_budget_s,
+             "min_reps": min_reps, "max_reps": max_reps, "target_ci": target_ci}
+    budget = dataclasses.replace(defaults, **{k: v for k, v in given.items() if v is not None})
+    if budget.min_reps > budget.max_reps:
+        raise ValueError(f"{option('min_reps')} {budget.min_reps} is larger than {option('max_reps')} {budget.max_reps}")
+    if budget.warmup_steps > budget.max_warmup_steps:
+        budget = dataclasses.replace(budget, max_warmup_steps=budget.warmup_steps)
+    return budget
 
 
 @dataclass(frozen=True)
