@@ -112,8 +112,9 @@ class FakeWorker:
 
     asked: list[dict] = []
 
-    def __init__(self, device, *args):
+    def __init__(self, device, *args, prime=None):
         self.device, self.process, self.points_measured, self.start_s = device, FakeProcess(), 0, 0.0
+        self.prime = prime
 
     def measure(self, point, budget, timeout_s, memory_limit_mib=None, memory_snapshot_dir=None) -> dict:
         FakeWorker.asked.append({"point": point, "memory_snapshot_dir": memory_snapshot_dir})

@@ -292,7 +292,7 @@ class Lane:
         if device != "cuda" or not self.options.pin_cpu:
             return Worker(device, None, self.options.threads, self.gpu, prime=prime)
         start_off = frozenset(cpu for cpu in map(measuring_cpu, range(self.slots)) if cpu is not None)
-        return Worker(device, measuring_cpu(self.slot), self.options.threads, self.gpu, start_off, prime)
+        return Worker(device, measuring_cpu(self.slot), self.options.threads, self.gpu, start_off, prime=prime)
 
     def _take_worker(self, point: PointSpec, next_worker_points: list[PointSpec] = ()) -> Worker:
         """A started worker for ``point``: the spare primed for it if there is one (else the spare
