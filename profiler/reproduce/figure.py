@@ -59,6 +59,9 @@ def _bar_panel(ax, setup: Setup, measured: dict, published: dict, ylabel: str) -
     ax.legend(fontsize=8)
 
 
+RATIO_SPAN_FOR_LOG = 10.0
+
+
 def _ratio_panel(ax, setup: Setup, time: dict) -> None:
     """First model's time over the second's: measured as a line, the paper's as hollow markers with
     its stated range as a bar."""
@@ -75,7 +78,12 @@ def _ratio_panel(ax, setup: Setup, time: dict) -> None:
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlabel("sequence length")
     ax.set_ylabel(f"{setup.labels[first]} time / {setup.labels[second]} time")
-    ax.set_ylim(bottom=0)
+    shown = [r for _, r in pairs if r > 0] + [bound for span in setup.time_ratio.values() for bound in span]
+    if shown and max(shown) / min(shown) > RATIO_SPAN_FOR_LOG:
+        # Measured and published a decade or more apart: on a linear axis the smaller reads as zero.
+        ax.set_yscale("log")
+    else:
+        ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
 
