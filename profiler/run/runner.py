@@ -235,7 +235,7 @@ class Lane:
             if reason is not None:
                 row = point_row(point, {"status": "skipped", "error": reason}, 0.0, self.device_name)
             else:
-                row = self._measure(point, self._next_worker_points(point, points[index + 1:]))
+                row = self._measure(point, points[index + 1:])
                 if row["status"] == "oom":
                     oom_at[point.series] = min(point.seq_len, oom_at.get(point.series, point.seq_len))
             yield PointFinished(point, row)
@@ -267,11 +267,13 @@ class Lane:
                 firsts.append(later)
         return firsts
 
-    def _measure(self, point: PointSpec, next_worker_points: list[PointSpec] = ()) -> dict:
+    def _measure(self, point: PointSpec, upcoming: list[PointSpec]) -> dict:
+        """``upcoming``: the lane's points after this one, which the spares started here prime for."""
         group = worker_group(point)
         if self._worker is None or group != self._worker_group or self.options.fresh_worker_per_point:
             self._retire_worker()
-            self._worker, self._worker_group = self._take_worker(point, list(next_worker_points)), group
+            self._worker = self._take_worker(point, self._next_worker_points(point, upcoming))
+            self._worker_group = group
         worker = self._worker
         fresh = worker.points_measured == 0
         started = time.perf_counter()
@@ -294,7 +296,7 @@ class Lane:
         start_off = frozenset(cpu for cpu in map(measuring_cpu, range(self.slots)) if cpu is not None)
         return Worker(device, measuring_cpu(self.slot), self.options.threads, self.gpu, start_off, prime=prime)
 
-    def _take_worker(self, point: PointSpec, next_worker_points: list[PointSpec] = ()) -> Worker:
+    def _take_worker(self, point: PointSpec, next_worker_points: list[PointSpec]) -> Worker:
         """A started worker for ``point``: the spare primed for it if there is one (else the spare
         needed last), and spares behind it, one primed for each of ``next_worker_points``.
 
@@ -314,7 +316,7 @@ class Lane:
                 worker.kill()
             worker = self._new_worker(device, point)
         if device == "cuda" and self.spares_wanted:
-            self._top_up_spares(device, list(next_worker_points))
+            self._top_up_spares(device, next_worker_points)
         return worker
 
     def _top_up_spares(self, device: str, wanted: list[PointSpec]) -> None:
