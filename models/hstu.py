@@ -103,11 +103,25 @@ class STULayer(nn.Module):
         nn.init.normal_(self.rel_pos_bias, std=0.02)
         nn.init.normal_(self.rel_time_bias, std=0.02)
 
+    def position_bias(self, length: int) -> torch.Tensor:
+        """(L, L) bias of offset j - i, [i, j] = rel_pos_bias[max_len - 1 + j - i]: the table's middle
+        2L - 1 weights laid out as a Toeplitz matrix by padding, tiling and reshaping, as the
+        authors build it. No gather: its backward is a sum over the tiles, where an index tensor's
+        backward (``index_put_`` with accumulation) sorts L^2 indices on CUDA."""
+        middle = self.rel_pos_bias[self.cfg.max_len - length : self.cfg.max_len + length - 1]  # (2L - 1,)
+        tiled = F.pad(middle, (0, length)).repeat(length)[:-length]  # rows of 3L - 2, shifted by one
+        return tiled.view(length, 3 * length - 2)[:, length - 1 : 2 * length - 1]
+
+    def time_bias(self, buckets: torch.Tensor) -> torch.Tensor:
+        """(B, L, L) buckets -> their weights, looked up with ``index_select`` as the authors do: its
+        backward adds the B L^2 gradients into the 129 weights with atomics."""
+        return self.rel_time_bias.index_select(0, buckets.reshape(-1)).view(buckets.shape)
+
     def forward(
-        self, x: torch.Tensor, real: torch.Tensor, buckets: torch.Tensor, offsets: torch.Tensor, scale: torch.Tensor
+        self, x: torch.Tensor, real: torch.Tensor, buckets: torch.Tensor, scale: torch.Tensor
     ) -> torch.Tensor:
-        """x: (B, L, d); real: (B, L) bool; buckets: (B, L, L) time buckets; offsets: (L, L) index
-        of j - i into the position bias; scale: (L, L), 1 / n where j <= i, else 0 -> (B, L, d)."""
+        """x: (B, L, d); real: (B, L) bool; buckets: (B, L, L) time buckets; scale: (L, L), 1 / n
+        where j <= i, else 0 -> (B, L, d)."""
         cfg = self.cfg
         b, length, d = x.shape
         h, dqk, dv = cfg.num_heads, cfg.attention_dim, cfg.linear_dim
@@ -115,7 +129,7 @@ class STULayer(nn.Module):
         u, v, q, k = F.silu(normed @ self.uvqk).split([h * dv, h * dv, h * dqk, h * dqk], dim=-1)
         v = v * real.unsqueeze(-1)  # padded keys add nothing, as the authors' zero-padded values
         scores = torch.einsum("bnhd,bmhd->bhnm", q.view(b, length, h, dqk), k.view(b, length, h, dqk))  # (B, h, L, L)
-        bias = self.rel_pos_bias[offsets] + self.rel_time_bias[buckets]  # (B, L, L)
+        bias = self.position_bias(length) + self.time_bias(buckets)  # (B, L, L)
         attn = F.silu(scores + bias.unsqueeze(1)) * scale  # (B, h, L, L)
         av = torch.einsum("bhnm,bmhd->bnhd", attn, v.view(b, length, h, dv)).reshape(b, length, h * dv)
         gated = u * F.layer_norm(av, (h * dv,), eps=cfg.layer_norm_eps)  # (B, L, h dv)
@@ -151,12 +165,10 @@ class HSTU(nn.Module):
         x = self.item_emb(seq) * math.sqrt(cfg.d_model) + self.pos_emb(positions)
         x = self.emb_dropout(x) * real.unsqueeze(-1)  # (B, L, d)
         buckets = time_buckets(cfg, batch["timestamps"], batch["next_timestamps"])  # (B, L, L)
-        steps = torch.arange(length, device=seq.device)
-        offsets = cfg.max_len - 1 + steps.unsqueeze(0) - steps.unsqueeze(1)  # (L, L): max_len - 1 + j - i
         causal = torch.ones(length, length, device=seq.device, dtype=x.dtype).tril()
         scale = causal / cfg.max_len  # the pointwise attention's 1 / n and its causal mask in one
         for layer in self.layers:
-            x = layer(x, real, buckets, offsets, scale)
+            x = layer(x, real, buckets, scale)
         return l2_normalize(x * real.unsqueeze(-1), cfg.l2_norm_eps)
 
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:

@@ -116,13 +116,33 @@ def test_encode_equals_the_authors_right_padded_computation(num_heads):
         torch.testing.assert_close(model.encode(batch), authors_encode(model, batch), rtol=1e-5, atol=1e-5)
 
 
-def test_relative_position_bias_indexes_the_offset_as_the_authors_construction():
-    n = 7
-    w = torch.randn(2 * n - 1)
-    steps = torch.arange(n)
-    ours = w[n - 1 + steps.unsqueeze(0) - steps.unsqueeze(1)]  # the index HSTU.encode builds
-    torch.testing.assert_close(ours, authors_relative_position_bias(w, n), rtol=0, atol=0)
-    assert torch.equal(ours[0], w[n - 1:]) and torch.equal(ours[:, 0], w[:n].flip(0))
+@pytest.mark.parametrize("length", [4, 7])  # shorter than the table's window, and as long
+def test_relative_position_bias_is_the_offset_weight_and_the_authors_construction(length):
+    cfg = tiny_config(max_len=7)
+    torch.manual_seed(0)
+    layer = HSTU(cfg).layers[0]
+    w = layer.rel_pos_bias
+    steps = torch.arange(length)
+    by_index = w[cfg.max_len - 1 + steps.unsqueeze(0) - steps.unsqueeze(1)]  # [i, j] = weight of offset j - i
+    ours = layer.position_bias(length)
+    torch.testing.assert_close(ours, by_index, rtol=0, atol=0)
+    if length == cfg.max_len:
+        torch.testing.assert_close(ours, authors_relative_position_bias(w, length), rtol=0, atol=0)
+    upstream = torch.randn(length, length)
+    (grad_ours,) = torch.autograd.grad((ours * upstream).sum(), w)
+    (grad_index,) = torch.autograd.grad((by_index * upstream).sum(), w)
+    torch.testing.assert_close(grad_ours, grad_index)
+
+
+def test_time_bias_looks_up_each_bucket_and_sums_its_gradients():
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    layer = HSTU(cfg).layers[0]
+    buckets = torch.randint(0, cfg.num_time_buckets + 1, (3, 5, 5))
+    ours = layer.time_bias(buckets)
+    torch.testing.assert_close(ours, layer.rel_time_bias[buckets], rtol=0, atol=0)
+    (grad,) = torch.autograd.grad(ours.sum(), layer.rel_time_bias)
+    assert torch.equal(grad, torch.bincount(buckets.reshape(-1), minlength=cfg.num_time_buckets + 1).float())
 
 
 def test_future_offsets_get_no_gradient():
