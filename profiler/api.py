@@ -96,6 +96,7 @@ def sweep(
     fresh_worker_per_point: bool = False,
     pin_cpu: bool = True,
     spare_workers: int = 1,
+    lanes_per_gpu: int = 1,
 ) -> pd.DataFrame:
     """Measures every point of ``models`` x ``lengths`` x modes (x backends, x dtypes) and returns the
     rows, as ``seqprof sweep`` writes them.
@@ -124,6 +125,8 @@ def sweep(
         raise ValueError("resume needs out, the results file to continue")
     if spare_workers < 0:
         raise ValueError(f"spare_workers must be 0 or more; got {spare_workers}")
+    if lanes_per_gpu < 1:
+        raise ValueError(f"lanes_per_gpu must be 1 or more; got {lanes_per_gpu}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be positive; got {batch_size}")
     with tempfile.TemporaryDirectory(prefix="seqprof-") as scratch:
@@ -143,6 +146,7 @@ def sweep(
             fresh_worker_per_point=fresh_worker_per_point,
             pin_cpu=pin_cpu,
             spare_workers=spare_workers,
+            lanes_per_gpu=lanes_per_gpu,
             dtypes=_listed(dtype, "dtype", DTYPES) or ["float32"],
             threads=threads or defaults.threads,
             argv=["profiler.api.sweep"],

@@ -141,6 +141,21 @@ def test_two_lanes_measure_what_one_gpu_measures(tmp_path):
         assert row["time_median_ms"] == pytest.approx(alone["time_median_ms"], rel=0.03)
 
 
+def test_lanes_sharing_the_gpu_measure_what_one_lane_measures(tmp_path):
+    points = [p for model in ("sasrec", "convrec-light", "lrurec", "fmlp-rec") for p in cuda_points(model, [200, 500])]
+    one = {(r["model"], r["seq_len"]): r for r in measure(tmp_path, points, name="one.csv")}
+    store = ResultsStore.create(tmp_path / "shared.csv")
+    with store:
+        shared = LaneRunner(store, RunnerOptions(budget=BUDGET, lanes_per_gpu=3), [gpu_assignment(0)]).run(points)
+    assert len({r["worker_pid"] for r in shared}) >= 3  # three lanes measured
+    assert any(r["turn_wait_s"] > 0 for r in shared)  # and waited for each other
+    for row in shared:
+        alone = one[row["model"], row["seq_len"]]
+        assert row["status"] == alone["status"] == "ok"
+        assert row["peak_allocated_mib"] == alone["peak_allocated_mib"]
+        assert row["time_median_ms"] == pytest.approx(alone["time_median_ms"], rel=0.03)
+
+
 @pytest.mark.parametrize("model, attention", [("sasrec", "sdpa"), ("convrec-light", "none")])
 def test_a_graph_captured_training_step_measures_and_trains(tmp_path, model, attention):
     points = plan_points([model], [200], ["train"], [attention], 128, None, "cuda", executions=("cuda-graphs",))

@@ -105,12 +105,48 @@ def test_a_stop_lets_each_lane_finish_its_point_and_resume_completes_without_dup
     assert set(frame["status"]) == {"ok"}
 
 
-def test_variants_are_handed_out_whole_in_plan_order():
-    points = plan_points(["sasrec"], [8, 12], ["train", "infer"], ["naive", "sdpa"], 4, "tiny", "cpu")
+def test_variants_are_handed_out_whole_in_plan_order_one_arithmetic_at_a_time():
+    points = plan_points(["sasrec"], [8, 12], ["train", "infer"], ["naive", "sdpa"], 4, "tiny", "cpu",
+                         dtypes=("float32", "bf16"))
     variants = split_variants(points)
-    assert [(v[0].model, v[0].attention) for v in variants] == [("sasrec", "naive"), ("sasrec", "sdpa")]
+    assert [(v[0].attention, v[0].dtype) for v in variants] == [
+        ("naive", "float32"), ("naive", "bf16"), ("sdpa", "float32"), ("sdpa", "bf16")]
+    assert all(len({p.dtype for p in variant}) == 1 for variant in variants)
     # both modes of a variant share its lane (and its worker), each series in ascending length
     assert [(p.mode, p.seq_len) for p in variants[0]] == [("train", 8), ("train", 12), ("infer", 8), ("infer", 12)]
+
+
+def test_lanes_sharing_a_gpu_measure_every_point_once_with_workers_that_take_turns(tmp_path, monkeypatch):
+    from profiler.run import runner
+
+    shared = []
+    real_worker = runner.Worker
+
+    def recording_worker(*args, **kwargs):
+        shared.append(kwargs.get("share_gpu"))
+        return real_worker(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "Worker", recording_worker)
+    points = plan()
+    store = ResultsStore.create(tmp_path / "shared.csv")
+    with store:
+        runner_ = LaneRunner(store, RunnerOptions(budget=TINY_BUDGET, threads=1, lanes_per_gpu=2), [GpuAssignment(0)])
+        assert len(runner_.gpus) == 2  # two lanes on GPU 0
+        rows = runner_.run(points)
+    frame = read_results(tmp_path / "shared.csv")
+    assert len(rows) == len(points) and not frame.duplicated(["model", "attention", "seq_len"]).any()
+    assert set(frame["status"]) == {"ok"} and set(frame["gpu_index"]) == {0}
+    assert frame.groupby(["model", "attention"])["worker_pid"].nunique().eq(1).all()  # a unit stays on its lane
+    assert frame["worker_pid"].nunique() >= 2  # both lanes measured
+    assert shared and all(shared)
+
+
+def test_sharing_a_gpu_on_the_cpu_is_a_one_line_error(tmp_path):
+    result = CliRunner().invoke(app, ["sweep", "--lanes-per-gpu", "2", "--models", "sasrec", "--lengths", "8",
+                                      "--out", str(tmp_path / "r.csv"), *FAST_FLAGS])
+    assert result.exit_code == 2
+    assert "--lanes-per-gpu shares a GPU of this host between lanes; this sweep runs on the CPU" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "r.csv").exists()
 
 
 def test_a_worker_sees_only_its_gpu_as_this_process_names_it():

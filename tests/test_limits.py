@@ -120,7 +120,7 @@ def test_probes_that_fit_share_a_worker_and_an_oom_retires_it():
     FakeWorker.started = []
     query = model_query("sasrec", None, "train", "tiny", "seq_len", 8, 24.0, "float32")
     good, bad, probes = measured_limit(query, 16, 8192, lambda: ProbeWorkers(lambda: FakeWorker(777)))
-    assert (good, bad) == (777, 778)
+    assert good <= 777 < bad and bad - good <= 0.01 * good  # lengths are searched to 1%
     used = [w for w in FakeWorker.started if w.values]
     assert used[0].values == [16, 32, 64, 128, 256, 512, 1024]  # every fit up to the first OOM in one worker
     assert all(w.closed for w in FakeWorker.started)
@@ -139,3 +139,13 @@ def test_a_prediction_measures_a_small_batch_and_scales_what_grows_with_it(model
     direct = step_costs(build_workload(model, point.attention, "train", 32, 8, "tiny", "cpu")).footprint
     assert sum(scaled.values()) == pytest.approx(direct.total_mib, rel=0.03)
     assert scaled["params_mib"] == pytest.approx(direct.params_mib)
+
+
+@pytest.mark.parametrize("boundary", [3000, 20000, 40000])
+def test_a_tolerance_stops_the_bisection_within_it_of_the_boundary_in_fewer_probes(boundary):
+    exact, tolerant = [], []
+    search_largest(lambda v: exact.append(v) or v <= boundary, 16, 65536)
+    good, bad = search_largest(lambda v: tolerant.append(v) or v <= boundary, 16, 65536, tolerance=0.01)
+    assert good <= boundary < bad  # the last fit and the first failure straddle the boundary
+    assert bad - good <= 0.01 * good
+    assert len(tolerant) <= len(exact) - 4  # the last halvings, from 1% to one, are left out

@@ -178,7 +178,7 @@ class _StartedWorker:
 
     started: list = []
 
-    def __init__(self, device, cpu=None, threads=1, gpu=None, start_off=frozenset(), prime=None):
+    def __init__(self, device, cpu=None, threads=1, gpu=None, start_off=frozenset(), prime=None, share_gpu=False):
         self.device, self.prime, self.points_measured, self.start_s = device, prime, 0, 0.0
         self.process = type("Alive", (), {"is_alive": staticmethod(lambda: True)})()
         self.measured: list = []

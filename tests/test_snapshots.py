@@ -112,7 +112,7 @@ class FakeWorker:
 
     asked: list[dict] = []
 
-    def __init__(self, device, *args, prime=None):
+    def __init__(self, device, *args, prime=None, share_gpu=False):
         self.device, self.process, self.points_measured, self.start_s = device, FakeProcess(), 0, 0.0
         self.prime = prime
 

@@ -9,6 +9,7 @@ solved for the budget: a prediction, labelled so.
 """
 import dataclasses
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,6 +39,10 @@ PREDICTION_BATCH_LADDER = (1, 2, 4, 8)
 # the footprint would have to fit in the host's memory: CosRec's is 77 GiB at L = 200, batch 128.
 PREDICTION_BATCH = 2
 PER_EXAMPLE_PARTS = ("inputs_mib", "activations_mib")
+# Lengths are bisected until the last fit and the first failure are this close (relative to the fit):
+# a probe near the limit of a long-sequence model is a step of seconds, and the last halvings of
+# an exact search (from 1% to one token) would double the probes for a figure no card's user needs.
+LENGTH_TOLERANCE = 0.01
 # A found limit is checked by running the step alone at it (it must fit) and this much above it (it must not).
 CHECK_MARGIN = 0.10
 FOOTPRINT_PARTS = ("params_mib", "grads_mib", "optimizer_state_mib", "inputs_mib", "activations_mib")
@@ -54,10 +59,12 @@ class Probe:
     record: dict
 
 
-def search_largest(fits: Callable[[int], bool], start: int, limit: int) -> tuple[int | None, int | None]:
+def search_largest(fits: Callable[[int], bool], start: int, limit: int,
+                   tolerance: float = 0.0) -> tuple[int | None, int | None]:
     """The largest value in [start, limit] for which ``fits`` holds, assuming it holds below some
     boundary and fails above it; and the smallest failing value found (None if none failed).
-    Doubles from ``start`` until a probe fails or ``limit`` is reached, then bisects."""
+    Doubles from ``start`` until a probe fails or ``limit`` is reached, then bisects until the
+    last fit and the first failure are adjacent, or less than ``tolerance`` of the fit apart."""
     if start > limit:
         raise LimitError(f"the search starts at {start}, above its limit {limit}")
     if not fits(start):
@@ -69,7 +76,7 @@ def search_largest(fits: Callable[[int], bool], start: int, limit: int) -> tuple
             good = candidate
         else:
             bad = candidate
-    while bad is not None and bad - good > 1:
+    while bad is not None and bad - good > max(1, math.floor(tolerance * good)):
         middle = (good + bad) // 2
         if fits(middle):
             good = middle
@@ -152,16 +159,22 @@ class ProbeWorkers:
 
 
 def measured_limit(query: LimitQuery, start: int, limit: int,
-                   workers: Callable[[], ProbeWorkers] = ProbeWorkers) -> tuple[int | None, int | None, list[Probe]]:
+                   workers: Callable[[], ProbeWorkers] = ProbeWorkers,
+                   on_probe: Callable[[Probe, float], None] = lambda probe, seconds: None,
+                   ) -> tuple[int | None, int | None, list[Probe]]:
+    """The search on the GPU; ``on_probe`` hears of each probe as it ends, with its seconds."""
     probes: list[Probe] = []
     session = workers()
 
     def fits(value: int) -> bool:
+        started = time.perf_counter()
         probes.append(session.probe(query, value))
+        on_probe(probes[-1], time.perf_counter() - started)
         return probes[-1].fits
 
+    tolerance = LENGTH_TOLERANCE if query.vary == "seq_len" else 0.0
     try:
-        good, bad = search_largest(fits, start, limit)
+        good, bad = search_largest(fits, start, limit, tolerance)
     finally:
         session.close()
     return good, bad, probes

@@ -28,6 +28,13 @@ from profiler.trackers.environment import resolve_device
 VARY = {"length": "seq_len", "batch-size": "batch_size"}
 
 
+def _say_probe(model: str, vary: str, probe, seconds: float) -> None:
+    """A line per probe on stderr: a search near a long-sequence model's limit takes minutes."""
+    peak = probe.record.get("nvml_peak_mib")
+    outcome = f"fits ({peak:,.0f} MiB)" if probe.fits and peak is not None else ("fits" if probe.fits else "OOM")
+    console.print(f"  {model} {vary} {probe.value:,}: {outcome}, {seconds:.1f} s", markup=False, soft_wrap=True)
+
+
 def max_length(
     memory_gib: Annotated[float, typer.Option(min=0.0, help="The card's memory in GiB, CUDA context included (e.g. 24).")],
     models: Annotated[Optional[str], typer.Option(callback=options.parse_models, help="Models, comma-separated [all].")] = None,
@@ -71,7 +78,8 @@ def max_length(
                 best, info = predicted_limit(query, top)
                 parts, peak = info["parts"], None
             else:
-                best, _, probes = measured_limit(query, max(spec.min_len, 16) if VARY[vary] == "seq_len" else 1, top)
+                best, _, probes = measured_limit(query, max(spec.min_len, 16) if VARY[vary] == "seq_len" else 1, top,
+                                                 on_probe=lambda probe, seconds: _say_probe(model, vary, probe, seconds))
                 fitting = [p for p in probes if p.fits and p.value == best]
                 record = fitting[0].record if fitting else {}
                 parts, peak = footprint_parts_of(record), record.get("nvml_peak_mib")

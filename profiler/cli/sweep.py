@@ -81,6 +81,11 @@ def sweep(
         parser=options.integer(0, options.MAX_SPARE_WORKERS), metavar="N",
         help="On CUDA, workers started ahead of need, each priming itself for one of the next model variants "
         "while the current one measures; 0 starts each when it is needed.")] = 1,
+    lanes_per_gpu: Annotated[int, typer.Option(
+        parser=options.integer(1, options.MAX_LANES_PER_GPU), metavar="N",
+        help="On CUDA, lanes sharing each GPU: they measure one at a time, in the GPU's turns, and overlap "
+        "starting workers, building and compiling (a compiled sweep's compilation spreads over them); "
+        "they also share its memory.")] = 1,
     pin_cpu: Annotated[bool, typer.Option(
         help="On CUDA, pin the worker to one CPU core: steadier times for launch-bound steps.")] = True,
     plot: Annotated[bool, typer.Option(help="At the end, draw memory and time vs length.")] = True,
@@ -151,6 +156,7 @@ def sweep(
             fresh_worker_per_point=fresh_worker_per_point,
             pin_cpu=pin_cpu,
             spare_workers=spare_workers,
+            lanes_per_gpu=lanes_per_gpu,
             dtypes=dtype or ["float32"],
             executions=execution or ["eager"],
             threads=threads or defaults.threads,

@@ -1,10 +1,14 @@
-"""A sweep over several GPUs of one host: one lane per GPU, the results written by the main thread.
+"""A sweep over several GPUs of one host: lanes per GPU, the results written by the main thread.
 
-Each lane is a thread that drives its own workers, each worker seeing only the lane's GPU. Model
-variants are handed out whole, in plan order, to whichever lane is free, and a lane measures a
-variant's points in ascending length, so a variant's worker reuse and its series' OOM skips are
-those of a sequential sweep. Lanes send their rows to the main thread, which alone appends them to
-the store and fires the events.
+Each lane is a thread that drives its own workers, each worker seeing only the lane's GPU. A model
+variant's points of one arithmetic and execution are handed out whole, in plan order, to whichever
+lane is free, and a lane measures them in ascending length, so their worker reuse and their series'
+OOM skips are those of a sequential sweep. Lanes send their rows to the main thread, which alone
+appends them to the store and fires the events.
+
+Several lanes may share one GPU (``--lanes-per-gpu``): they measure in the GPU's turns
+(profiler/run/turns.py), one at a time, and overlap the rest, compilation above all. They also
+share its memory: a point near the card's memory may run out of it there and fit alone.
 """
 import os
 import queue
@@ -30,10 +34,12 @@ def gpu_assignment(index: int, inherited: str | None = None) -> GpuAssignment:
 
 
 def split_variants(points: list[PointSpec]) -> list[list[PointSpec]]:
-    """The points of each model variant, in plan order (a variant's points need not be adjacent)."""
+    """The points of each model variant in each arithmetic and execution, in plan order (a
+    variant's points need not be adjacent): the units lanes take. A compiled point compiles anew
+    whatever worker runs it, so a compiled sweep spreads its compilation over every lane."""
     variants: dict[tuple, list[PointSpec]] = {}
     for point in points:
-        variants.setdefault(worker_group(point), []).append(point)
+        variants.setdefault((*worker_group(point), point.dtype, point.execution), []).append(point)
     return list(variants.values())
 
 
@@ -42,7 +48,7 @@ class _LaneDone:
 
 
 class LaneRunner(SweepRunner):
-    """Runs a sweep's points on the GPUs ``gpus`` of this host, one lane each.
+    """Runs a sweep's points on the GPUs ``gpus`` of this host, ``options.lanes_per_gpu`` lanes each.
 
     On CUDA a lane's workers see only its GPU. On the CPU the lanes share the cores and a row's
     ``gpu_index`` names its lane: the way tests check the scheduling without GPUs.
@@ -51,7 +57,7 @@ class LaneRunner(SweepRunner):
     def __init__(self, store: ResultsStore, options: RunnerOptions, gpus: list[GpuAssignment],
                  events: SweepEvents | None = None, device_name: str = ""):
         super().__init__(store, options, events, device_name)
-        self.gpus = gpus
+        self.gpus = [gpu for gpu in gpus for _ in range(options.lanes_per_gpu)]
         self._lanes: list[Lane] = []
 
     def run(self, points: list[PointSpec]) -> list[dict]:

@@ -16,6 +16,7 @@ from profiler.results.schema import PointSpec
 from profiler.run.plugins import plugin_columns, resolve_spec, unsupported
 from profiler.run.precision import apply_precision, precision_flags
 from profiler.run.snapshots import record_snapshot, snapshot_name
+from profiler.run.turns import NO_TURNS, GpuTurns, NoTurns
 from profiler.run.workload import build_workload, step_costs
 from profiler.trackers.nvml import NvmlPeakSampler
 from profiler.trackers.peak_rate import PeakRates, roofline_columns
@@ -82,11 +83,13 @@ def timing_columns(times: StepTimes) -> dict:
 
 
 def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None, peak: PeakRates | None = None,
-                  snapshot_dir: Path | None = None) -> dict:
+                  snapshot_dir: Path | None = None, turns: GpuTurns | NoTurns = NO_TURNS) -> dict:
     """The full record of one point. ``nvml_reader`` is an ``NvmlMemoryReader`` on CUDA, else None;
     ``peak``: the device's peak rates in the point's arithmetic, which the row's fractions are of;
     ``snapshot_dir``: on CUDA, where one more step, after the timed ones, leaves its allocator
-    history (profiler/run/snapshots.py)."""
+    history (profiler/run/snapshots.py); ``turns``: the GPU's turns where lanes share it
+    (profiler/run/turns.py): the counted step and the timed ones run in a turn, building and
+    compiling outside."""
     device = point.device
     apply_precision(point.dtype)
     # A plug-in's hash as this process imported it: the file measured, even if it changed since.
@@ -103,10 +106,11 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None,
     )
     _synchronize(device)
     record["build_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    costs = step_costs(workload)  # the first step, eager: it also creates the optimizer state
-    _synchronize(device)
-    record["probe_s"] = time.perf_counter() - started
+    with turns.turn():
+        started = time.perf_counter()
+        costs = step_costs(workload)  # the first step, eager: it also creates the optimizer state
+        _synchronize(device)
+        record["probe_s"] = time.perf_counter() - started
     if point.execution != "eager":
         started = time.perf_counter()
         workload.prepare()  # compile or capture, outside every timed step
@@ -126,32 +130,33 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None,
         flops_per_byte=costs.flops_per_byte,
     )
 
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    # The NVML sampler watches the steps, where the process's memory reaches its peak (the caching
-    # allocator keeps what it reserved), and reads once more at the end. Its thread wakes every few
-    # ms; the device time, which the spin keeps off the host's pace, does not feel it.
-    sampler = NvmlPeakSampler(nvml_reader) if nvml_reader is not None else contextlib.nullcontext()
-    gc.disable()  # a collection pause inside the timed loop would land in one sample at random
-    started = time.perf_counter()
-    try:
-        with sampler:
-            times = time_step(workload.step, budget, device)
-    finally:
-        gc.enable()
-    record["steps_s"] = time.perf_counter() - started
-    if nvml_reader is not None:
-        record["nvml_peak_mib"] = max(sampler.peak_mib, nvml_reader.read_mib())
-        record["nvml_samples"] = sampler.samples + 1
-    if device == "cuda":
-        record["peak_allocated_mib"] = torch.cuda.max_memory_allocated() / MIB
-        record["peak_reserved_mib"] = torch.cuda.max_memory_reserved() / MIB
-    if snapshot_dir is not None and device == "cuda":
-        # After the peaks are read: the recorded step is neither timed nor in the memory columns.
-        path = Path(snapshot_dir) / snapshot_name(point)
-        record["snapshot_s"] = record_snapshot(workload.step, path)
-        record["memory_snapshot"] = str(path)
+    with turns.turn():
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        # The NVML sampler watches the steps, where the process's memory reaches its peak (the caching
+        # allocator keeps what it reserved), and reads once more at the end. Its thread wakes every few
+        # ms; the device time, which the spin keeps off the host's pace, does not feel it.
+        sampler = NvmlPeakSampler(nvml_reader) if nvml_reader is not None else contextlib.nullcontext()
+        gc.disable()  # a collection pause inside the timed loop would land in one sample at random
+        started = time.perf_counter()
+        try:
+            with sampler:
+                times = time_step(workload.step, budget, device)
+        finally:
+            gc.enable()
+        record["steps_s"] = time.perf_counter() - started
+        if nvml_reader is not None:
+            record["nvml_peak_mib"] = max(sampler.peak_mib, nvml_reader.read_mib())
+            record["nvml_samples"] = sampler.samples + 1
+        if device == "cuda":
+            record["peak_allocated_mib"] = torch.cuda.max_memory_allocated() / MIB
+            record["peak_reserved_mib"] = torch.cuda.max_memory_reserved() / MIB
+        if snapshot_dir is not None and device == "cuda":
+            # After the peaks are read: the recorded step is neither timed nor in the memory columns.
+            path = Path(snapshot_dir) / snapshot_name(point)
+            record["snapshot_s"] = record_snapshot(workload.step, path)
+            record["memory_snapshot"] = str(path)
     record.update(timing_columns(times))
     record["achieved_tflops"] = record["flops_per_step"] / (record["time_median_ms"] * 1e-3) / 1e12
     if peak is not None:

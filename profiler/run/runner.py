@@ -38,6 +38,8 @@ class RunnerOptions:
     memory_snapshot_dir: Path | None = None  # on CUDA, a memory snapshot of every point goes here
     # On CUDA, workers started ahead of need, each primed for one of the next model variants.
     spare_workers: int = 1
+    # Lanes on each GPU; more than one measure in the GPU's turns (profiler/run/turns.py).
+    lanes_per_gpu: int = 1
 
 
 class WorkerDied(Exception):
@@ -57,16 +59,17 @@ class Worker:
     """One worker process and the pipe to it."""
 
     def __init__(self, device: str, cpu: int | None = None, threads: int = 1, gpu: GpuAssignment | None = None,
-                 start_off: frozenset[int] = frozenset(), prime: PointSpec | None = None):
+                 start_off: frozenset[int] = frozenset(), prime: PointSpec | None = None, share_gpu: bool = False):
         """``prime``: the point this worker will most likely measure first; on CUDA it primes for it
-        while it starts (see worker._serve)."""
+        while it starts (see worker._serve). ``share_gpu``: other lanes measure on its GPU, and it
+        measures in the GPU's turns."""
         ctx = multiprocessing.get_context("spawn")  # fork would copy the parent's CUDA state
         self.device = device
         self.prime = prime
         self._conn, child_conn = ctx.Pipe()
         self.process = ctx.Process(target=worker_main,
                                    args=(child_conn, device, cpu, threads, os.getpid(), gpu, start_off,
-                                         None if prime is None else prime.as_dict()),
+                                         None if prime is None else prime.as_dict(), share_gpu),
                                    daemon=True)
         self._spawned_at = time.perf_counter()
         # The worker starts with these blocked, so a Ctrl-C while it imports torch stays pending
@@ -291,10 +294,12 @@ class Lane:
 
     def _new_worker(self, device: str, prime: PointSpec | None = None) -> Worker:
         """On CUDA the worker is pinned to its lane's core; on the CPU the step needs every core."""
+        share_gpu = self.options.lanes_per_gpu > 1
         if device != "cuda" or not self.options.pin_cpu:
-            return Worker(device, None, self.options.threads, self.gpu, prime=prime)
+            return Worker(device, None, self.options.threads, self.gpu, prime=prime, share_gpu=share_gpu)
         start_off = frozenset(cpu for cpu in map(measuring_cpu, range(self.slots)) if cpu is not None)
-        return Worker(device, measuring_cpu(self.slot), self.options.threads, self.gpu, start_off, prime=prime)
+        return Worker(device, measuring_cpu(self.slot), self.options.threads, self.gpu, start_off, prime=prime,
+                      share_gpu=share_gpu)
 
     def _take_worker(self, point: PointSpec, next_worker_points: list[PointSpec]) -> Worker:
         """A started worker for ``point``: the spare primed for it if there is one (else the spare

@@ -119,6 +119,7 @@ class SweepRequest:
     backend: str = "local"
     memory_snapshot_dir: Path | None = None  # a memory snapshot of every point goes here (CUDA only)
     spare_workers: int = 1  # on CUDA, workers started and primed ahead of need
+    lanes_per_gpu: int = 1  # more than one measure in the GPU's turns and overlap the rest
 
     def validate(self) -> None:
         """Raises ValueError with one line for a combination no point of which could run."""
@@ -130,6 +131,9 @@ class SweepRequest:
                 raise ValueError("--gpus picks GPUs of this host; with --backend ray the cluster gives each task its GPU")
         elif self.gpus is not None and self.device != "cuda":
             raise ValueError("--gpus needs a CUDA sweep; this sweep runs on the CPU")
+        if self.lanes_per_gpu > 1 and (self.device != "cuda" or self.backend != "local"):
+            where = "this sweep runs on the CPU" if self.device != "cuda" else "with --backend ray each task has its GPU"
+            raise ValueError(f"--lanes-per-gpu shares a GPU of this host between lanes; {where}")
         if "cuda-graphs" in self.executions and self.device != "cuda":
             raise ValueError("--execution cuda-graphs needs a CUDA GPU; this sweep runs on the CPU")
         if self.profile is not None:
@@ -187,15 +191,16 @@ def sweep_gpus(request: SweepRequest) -> list[int]:
 
 
 def make_runner(request: SweepRequest, store: ResultsStore, events: SweepEvents, device_name: str) -> SweepRunner:
-    """In order on the CPU or one GPU; a lane per GPU on several; Ray tasks with --backend ray."""
+    """In order on the CPU or one GPU; lanes (``lanes_per_gpu`` per GPU) on several GPUs or where
+    lanes share one; Ray tasks with --backend ray."""
     snapshots = request.memory_snapshot_dir
     options = RunnerOptions(request.budget, request.point_timeout_s, request.fresh_worker_per_point, request.pin_cpu,
                             request.threads, Path(snapshots).resolve() if snapshots is not None else None,
-                            spare_workers=request.spare_workers)
+                            spare_workers=request.spare_workers, lanes_per_gpu=request.lanes_per_gpu)
     if request.backend == "ray":
         return ray_backend().RayRunner(store, options, events, device_name)
     gpus = [gpu_assignment(index) for index in sweep_gpus(request)]
-    if len(gpus) > 1:
+    if len(gpus) > 1 or request.lanes_per_gpu > 1:
         return LaneRunner(store, options, gpus, events, device_name)
     return SweepRunner(store, options, events, device_name, gpu=gpus[0] if gpus else None)
 
@@ -256,6 +261,7 @@ def run_sweep(request: SweepRequest, store: ResultsStore, events: SweepEvents) -
                 "executions": request.executions,
                 "threads": request.threads,
                 "spare_workers": request.spare_workers,
+                "lanes_per_gpu": request.lanes_per_gpu,
                 "batch_size": request.batch_size,
                 "profile": request.profile or {m: resolve_spec(m).default_profile for m in request.models},
                 "seed": request.seed,

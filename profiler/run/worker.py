@@ -19,6 +19,7 @@ from profiler.results.schema import PointSpec
 from profiler.run.faults import FAULT_ENV, inject_start_fault, with_injected_faults
 from profiler.run.measure import measure_point, prime_process
 from profiler.run.precision import matmul_arithmetic
+from profiler.run.turns import NO_TURNS, GpuTurns, NoTurns, turn_lock_path
 from profiler.trackers.peak_rate import PeakRateCache, PeakRates
 from profiler.trackers.timing import MeasurementBudget
 from profiler.units import MIB
@@ -91,20 +92,24 @@ def peak_rates_for(point: PointSpec, cache: PeakRateCache = PEAK_RATES) -> PeakR
 
 def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, prime: bool, measure=measure_point,
                    memory_limit_mib: float | None = None, snapshot_dir: Path | None = None,
-                   peak_rates: PeakRateCache = PEAK_RATES) -> dict:
+                   peak_rates: PeakRateCache = PEAK_RATES, turns: GpuTurns | NoTurns = NO_TURNS) -> dict:
+    """``turns``: the GPU's turns where lanes share it (profiler/run/turns.py)."""
+    waited_before_s = turns.waited_s
     try:
-        started = time.perf_counter()
-        if prime:
-            prime_process(point)
-            _release_memory(point.device)
-        prime_s = time.perf_counter() - started if prime else 0.0
-        # Before a memory limit applies: the probes' buffers are not the point's memory.
-        started = time.perf_counter()
-        peak = peak_rates_for(point, peak_rates)
-        peak_rate_s = time.perf_counter() - started
+        with turns.turn():
+            started = time.perf_counter()
+            if prime:
+                prime_process(point)
+                _release_memory(point.device)
+            prime_s = time.perf_counter() - started if prime else 0.0
+            # Before a memory limit applies: the probes' buffers are not the point's memory.
+            started = time.perf_counter()
+            peak = peak_rates_for(point, peak_rates)
+            peak_rate_s = time.perf_counter() - started
         if memory_limit_mib is not None and point.device == "cuda":
             limit_device_memory(memory_limit_mib, nvml_reader)
-        record = measure(point, budget, nvml_reader, peak=peak, snapshot_dir=snapshot_dir)
+        extra = {} if turns is NO_TURNS else {"turns": turns}
+        record = measure(point, budget, nvml_reader, peak=peak, snapshot_dir=snapshot_dir, **extra)
         record["status"] = "ok"
         record["prime_s"] = prime_s
         record["peak_rate_s"] = peak_rate_s
@@ -117,6 +122,8 @@ def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, pri
     finally:
         _release_memory(point.device)
     record["worker_pid"] = os.getpid()
+    if turns is not NO_TURNS:
+        record["turn_wait_s"] = turns.waited_s - waited_before_s
     return record
 
 
@@ -153,7 +160,7 @@ def _prime_ahead(point: PointSpec) -> tuple | None:
 
 def worker_main(conn, device: str, cpu: int | None, threads: int, parent_pid: int,
                 gpu: GpuAssignment | None = None, start_off: frozenset[int] = frozenset(),
-                prime: dict | None = None) -> None:
+                prime: dict | None = None, share_gpu: bool = False) -> None:
     """Entry point of the worker process: receive (point, budget) dicts, send records, until None.
 
     ``cpu`` pins the process to one core. A training step of a small model is bound by the host
@@ -161,6 +168,7 @@ def worker_main(conn, device: str, cpu: int | None, threads: int, parent_pid: in
     Until its first point the worker keeps off ``cpu`` and the cores in ``start_off`` (those other
     workers measure on). ``gpu``: the one GPU this worker sees; its records name it. ``prime``: the
     point (as a dict) the worker expects first, primed for during start-up (see ``_serve``).
+    ``share_gpu``: other lanes measure on this GPU; the worker measures in the GPU's turns.
     """
     # Ctrl-C and a terminal's hangup go to the whole process group; the runner decides when to
     # stop, and the point in flight finishes so its measurement is kept. The runner started this
@@ -170,13 +178,13 @@ def worker_main(conn, device: str, cpu: int | None, threads: int, parent_pid: in
     signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_HELD_SIGNALS)
     _die_with_parent(parent_pid)
     try:
-        _serve(conn, device, cpu, threads, gpu, start_off, PointSpec(**prime) if prime else None)
+        _serve(conn, device, cpu, threads, gpu, start_off, PointSpec(**prime) if prime else None, share_gpu)
     except (BrokenPipeError, ConnectionResetError):  # the runner is gone: nothing waits for results
         pass
 
 
 def _serve(conn, device: str, cpu: int | None, threads: int, gpu: GpuAssignment | None,
-           start_off: frozenset[int], prime: PointSpec | None = None) -> None:
+           start_off: frozenset[int], prime: PointSpec | None = None, share_gpu: bool = False) -> None:
     """Starts (its GPU, threads, core, CUDA context, NVML), says whether it is ready, then measures.
 
     On CUDA a worker started ahead of need is told the point it will most likely measure first, and
@@ -222,7 +230,9 @@ def _serve(conn, device: str, cpu: int | None, threads: int, gpu: GpuAssignment 
     except Exception as exc:  # noqa: BLE001 - a worker that cannot start says why
         conn.send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
         return
-    primed_for = _prime_ahead(prime) if prime is not None and device == "cuda" else None
+    turns = GpuTurns(turn_lock_path(gpu_columns["gpu_uuid"])) if share_gpu and device == "cuda" else NO_TURNS
+    with turns.turn():
+        primed_for = _prime_ahead(prime) if prime is not None and device == "cuda" else None
     _freeze_survivors()
     conn.send({"ready": True})
     frozen_after_first_point = False
@@ -245,7 +255,7 @@ def _serve(conn, device: str, cpu: int | None, threads: int, gpu: GpuAssignment 
         snapshot_dir = message.get("memory_snapshot_dir")
         record = measure_safely(point, budget, nvml_reader, prime=not primed, measure=measure,
                                 memory_limit_mib=message.get("memory_limit_mib"),
-                                snapshot_dir=Path(snapshot_dir) if snapshot_dir is not None else None)
+                                snapshot_dir=Path(snapshot_dir) if snapshot_dir is not None else None, turns=turns)
         primed = True
         if nvml_unavailable:
             record["nvml_source"] = nvml_unavailable
