@@ -1,4 +1,6 @@
-"""Lanes sharing a GPU: the turn excludes other processes, and a point's measured phases take it."""
+"""Lanes sharing a GPU: an exclusive turn excludes every other turn of other processes, shared turns
+admit each other, and a point's measured phases take exclusive turns, its building and compiling
+shared ones."""
 import subprocess
 import sys
 import textwrap
@@ -15,21 +17,39 @@ HOLD = textwrap.dedent("""
     from pathlib import Path
     from profiler.run.turns import GpuTurns
     turns = GpuTurns(Path(sys.argv[1]))
-    with turns.turn():
+    time.sleep(float(sys.argv[3]))
+    with (turns.turn() if sys.argv[2] == "exclusive" else turns.shared()):
         start = time.time()
         time.sleep(0.4)
         print(start, time.time(), turns.waited_s)
 """)
 
 
-def test_a_turn_excludes_another_process_which_waits_for_it(tmp_path):
-    lock = tmp_path / "gpu.lock"
-    holders = [subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdout=subprocess.PIPE, text=True)
-               for _ in range(2)]
-    spans = sorted(tuple(map(float, h.communicate(timeout=60)[0].split())) for h in holders)
-    (first_start, first_end, first_wait), (second_start, _, second_wait) = spans
-    assert second_start >= first_end  # never both in a turn
-    assert second_wait > 0.1 and second_wait > first_wait  # the second waited for the first
+def _spans(lock, *holders) -> list[tuple[float, float, float]]:
+    """Each holder (kind, delay before asking) as a process: when it held its turn and the seconds it
+    waited for exclusive turns, in the order given."""
+    processes = [subprocess.Popen([sys.executable, "-c", HOLD, str(lock), kind, str(delay)], stdout=subprocess.PIPE,
+                                  text=True) for kind, delay in holders]
+    return [tuple(map(float, p.communicate(timeout=60)[0].split())) for p in processes]
+
+
+def test_an_exclusive_turn_excludes_another_process_and_its_wait_is_counted(tmp_path):
+    first, second = sorted(_spans(tmp_path / "gpu.lock", ("exclusive", 0), ("exclusive", 0)))
+    assert second[0] >= first[1]  # never both in a turn
+    assert second[2] > 0.2 and second[2] > first[2]  # the second waited for the first, and says so
+
+
+def test_shared_turns_overlap_each_other_but_never_an_exclusive_one(tmp_path):
+    shared_a, shared_b, exclusive = _spans(tmp_path / "gpu.lock", ("shared", 0), ("shared", 0), ("exclusive", 0.2))
+    assert max(shared_a[0], shared_b[0]) < min(shared_a[1], shared_b[1])  # the two compilations overlapped
+    for shared in (shared_a, shared_b):
+        assert exclusive[0] >= shared[1] or shared[0] >= exclusive[1]
+
+
+def test_a_waiting_measurement_holds_back_new_compilations(tmp_path):
+    # A compilation holds a shared turn; a measurement asks for the GPU; a later compilation waits for it.
+    shared, exclusive, later = _spans(tmp_path / "gpu.lock", ("shared", 0), ("exclusive", 0.15), ("shared", 0.3))
+    assert exclusive[0] >= shared[1] and later[0] >= exclusive[1]
 
 
 def test_the_lock_is_named_by_the_gpu_so_sweeps_on_one_gpu_share_it():
@@ -37,22 +57,28 @@ def test_the_lock_is_named_by_the_gpu_so_sweeps_on_one_gpu_share_it():
 
 
 class RecordingTurns:
-    """A turn that records which phases ran inside it."""
+    """Turns that record which phases ran inside which kind of turn."""
 
     def __init__(self):
-        self.inside, self.waited_s, self.phases = False, 0.0, []
+        self.inside, self.waited_s, self.phases = None, 0.0, []
 
-    def turn(self):
+    def _held(self, kind):
         import contextlib
 
         @contextlib.contextmanager
         def held():
-            self.inside = True
+            self.inside = kind
             try:
                 yield
             finally:
-                self.inside = False
+                self.inside = None
         return held()
+
+    def turn(self):
+        return self._held("exclusive")
+
+    def shared(self):
+        return self._held("shared")
 
 
 @pytest.mark.parametrize("execution", ["eager", "compile"])
@@ -80,7 +106,7 @@ def test_the_counted_and_timed_steps_run_in_a_turn_and_compilation_outside(monke
     point = PointSpec("sasrec", 8, "train", 2, "tiny", "naive", "cpu", execution=execution)
     budget = MeasurementBudget(warmup_steps=1, max_warmup_steps=1, min_reps=2, max_reps=2, time_budget_s=0.0)
     record = measure.measure_point(point, budget, turns=turns)
-    expected = [("build", False), ("probe", True)] + ([("compile", False)] if execution == "compile" else []) \
-        + [("steps", True)]
+    expected = [("build", "shared"), ("probe", "exclusive")] \
+        + ([("compile", "shared")] if execution == "compile" else []) + [("steps", "exclusive")]
     assert turns.phases == expected
     assert record["reps"] == 2

@@ -7,8 +7,9 @@ OOM skips are those of a sequential sweep. Lanes send their rows to the main thr
 appends them to the store and fires the events.
 
 Several lanes may share one GPU (``--lanes-per-gpu``): they measure in the GPU's turns
-(profiler/run/turns.py), one at a time, and overlap the rest, compilation above all. They also
-share its memory: a point near the card's memory may run out of it there and fit alone.
+(profiler/run/turns.py), one at a time and with nothing else on the GPU, and overlap building and
+compilation. They also share its memory: a point near the card's memory may run out of it there
+and fit alone.
 """
 import os
 import queue

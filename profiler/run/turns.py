@@ -1,39 +1,63 @@
-"""Turns on a shared GPU: lanes that share one GPU measure one at a time.
+"""Turns on a shared GPU: lanes that share one GPU never run anything beside a measurement.
 
-Lanes of one GPU (``--lanes-per-gpu``) overlap what barely runs on it: a worker's start, building a
-model, compiling or capturing its step. What runs on it and is measured, or would disturb what
-another lane measures (the peak-rate probes, priming, a point's counted first step, its warm-up
-and timed steps, its memory snapshot), happens in the GPU's turn: a file lock named by the GPU's
-UUID, so lanes of different sweeps on the same GPU take turns too. Compilation's own first run of
-the compiled graph stays outside the turn: one step of another point, once per compiled point.
+Lanes of one GPU (``--lanes-per-gpu``) overlap what needs the GPU little and is not measured:
+building a model, compiling or capturing its step. Those run in a shared turn, any number of lanes
+at once. What is measured, or would disturb a measurement (the peak-rate probes, priming, a
+point's counted first step, its warm-up and timed steps, its memory snapshot), runs in an
+exclusive turn: no other lane runs anything on the GPU meanwhile, not even the kernels a
+compilation runs to try out and run its graph. A lane waiting for an exclusive turn holds back
+new shared turns, so measurements are not starved by a stream of compilations.
+
+The turns are ``flock`` locks on two files named by the GPU's UUID in the host's temporary folder,
+so lanes of different sweeps on the same GPU take turns too: ``<uuid>.lock`` (shared or exclusive)
+and ``<uuid>.gate`` (held by a lane that waits for, or holds, an exclusive turn).
 """
 import contextlib
+import fcntl
+import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
 
-from filelock import FileLock
-
 
 def turn_lock_path(gpu_uuid: str) -> Path:
-    """The lock every process measuring on ``gpu_uuid`` in turns takes (the temporary folder is
-    the host's, so two sweeps share it)."""
+    """The lock every process measuring on ``gpu_uuid`` in turns takes (beside it, its gate)."""
     return Path(tempfile.gettempdir()) / f"seqprof-turns-{gpu_uuid}.lock"
 
 
+@contextlib.contextmanager
+def _flocked(path: Path, mode: int) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)  # closing lets go of the lock
+
+
 class GpuTurns:
-    """The GPU's turn, taken around each measured phase; ``waited_s`` adds up the waits."""
+    """The GPU's turns; ``waited_s`` adds up the waits for exclusive ones (measurements)."""
 
     def __init__(self, lock_path: Path):
-        self._lock = FileLock(str(lock_path))
+        self._lock = Path(lock_path)
+        self._gate = self._lock.with_suffix(".gate")
         self.waited_s = 0.0
 
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:
+        """The GPU to this lane alone."""
         started = time.perf_counter()
-        with self._lock:
+        with _flocked(self._gate, fcntl.LOCK_EX), _flocked(self._lock, fcntl.LOCK_EX):
             self.waited_s += time.perf_counter() - started
+            yield
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        """The GPU beside other lanes' shared turns, never beside a measurement."""
+        with _flocked(self._gate, fcntl.LOCK_EX):
+            pass  # no lane waits for an exclusive turn now
+        with _flocked(self._lock, fcntl.LOCK_SH):
             yield
 
 
@@ -43,6 +67,9 @@ class NoTurns:
     waited_s = 0.0
 
     def turn(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def shared(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
 
