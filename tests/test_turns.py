@@ -9,7 +9,7 @@ import pytest
 
 from profiler.results.schema import PointSpec
 from profiler.run import measure
-from profiler.run.turns import turn_lock_path
+from profiler.run.turns import GpuTurns, turn_lock_path
 from profiler.trackers.timing import MeasurementBudget
 
 HOLD = textwrap.dedent("""
@@ -110,3 +110,15 @@ def test_the_counted_and_timed_steps_run_in_a_turn_and_compilation_outside(monke
         + ([("compile", "shared")] if execution == "compile" else []) + [("steps", "exclusive")]
     assert turns.phases == expected
     assert record["reps"] == 2
+
+
+def test_after_a_compiled_point_another_process_gets_an_exclusive_turn(tmp_path):
+    # Compilation starts helper processes while this process holds a shared turn; none of them may
+    # keep the lock alive after it (a flock lives as long as any process holds its file open).
+    lock = tmp_path / "gpu.lock"
+    point = PointSpec("convrec-light", 12, "infer", 3, "tiny", "none", "cpu", execution="compile")
+    budget = MeasurementBudget(warmup_steps=1, max_warmup_steps=1, min_reps=2, max_reps=2, time_budget_s=0.0)
+    record = measure.measure_point(point, budget, turns=GpuTurns(lock))
+    assert record["compile_s"] > 0
+    ((start, end, waited),) = _spans(lock, ("exclusive", 0))
+    assert waited < 5
