@@ -25,13 +25,15 @@ def test_a_compiled_step_computes_what_the_eager_step_computes_and_compiles_in_p
         torch.testing.assert_close(compiled(workload.batch), workload.model.predict(workload.batch))
 
 
-def test_every_compiled_point_of_a_worker_compiles_past_the_recompile_limit(monkeypatch):
+def test_every_compiled_point_of_a_worker_compiles_past_the_recompile_limit():
     # A worker measures many points of one model: each compiles its own static graph, however many
     # came before (past the limit, torch would run the step eagerly and it would be timed as compiled).
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
-    for seq_len in (8, 12, 16):
-        workload = build_workload("convrec-light", None, "infer", seq_len, 2, "tiny", "cpu", execution="compile")
-        workload.prepare()  # raises where nothing compiled
+    # torch's own patch, not monkeypatch: setting and restoring the config module's attribute leaves
+    # the option hidden for every later compilation in the process.
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for seq_len in (8, 12, 16):
+            workload = build_workload("convrec-light", None, "infer", seq_len, 2, "tiny", "cpu", execution="compile")
+            workload.prepare()  # raises where nothing compiled
 
 
 def test_a_step_that_compiles_nothing_is_an_error_not_a_compiled_point():
