@@ -108,8 +108,7 @@ def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, pri
             peak_rate_s = time.perf_counter() - started
         if memory_limit_mib is not None and point.device == "cuda":
             limit_device_memory(memory_limit_mib, nvml_reader)
-        extra = {} if turns is NO_TURNS else {"turns": turns}
-        record = measure(point, budget, nvml_reader, peak=peak, snapshot_dir=snapshot_dir, **extra)
+        record = measure(point, budget, nvml_reader, peak=peak, snapshot_dir=snapshot_dir, turns=turns)
         record["status"] = "ok"
         record["prime_s"] = prime_s
         record["peak_rate_s"] = peak_rate_s
