@@ -1,6 +1,6 @@
 """Lanes sharing a GPU: an exclusive turn excludes every other turn of other processes, shared turns
-admit each other, and a point's measured phases take exclusive turns, its building and compiling
-shared ones."""
+admit each other, and a point's timed steps take an exclusive turn, its building, counted step and
+compiling a shared one."""
 import subprocess
 import sys
 import textwrap
@@ -82,7 +82,7 @@ class RecordingTurns:
 
 
 @pytest.mark.parametrize("execution", ["eager", "compile"])
-def test_the_counted_and_timed_steps_run_in_a_turn_and_compilation_outside(monkeypatch, execution):
+def test_only_the_timed_steps_run_in_an_exclusive_turn(monkeypatch, execution):
     turns = RecordingTurns()
 
     def recorded(name, function):
@@ -106,7 +106,7 @@ def test_the_counted_and_timed_steps_run_in_a_turn_and_compilation_outside(monke
     point = PointSpec("sasrec", 8, "train", 2, "tiny", "naive", "cpu", execution=execution)
     budget = MeasurementBudget(warmup_steps=1, max_warmup_steps=1, min_reps=2, max_reps=2, time_budget_s=0.0)
     record = measure.measure_point(point, budget, turns=turns)
-    expected = [("build", "shared"), ("probe", "exclusive")] \
+    expected = [("build", "shared"), ("probe", "shared")] \
         + ([("compile", "shared")] if execution == "compile" else []) + [("steps", "exclusive")]
     assert turns.phases == expected
     assert record["reps"] == 2
@@ -122,3 +122,20 @@ def test_after_a_compiled_point_another_process_gets_an_exclusive_turn(tmp_path)
     assert record["compile_s"] > 0
     ((start, end, waited),) = _spans(lock, ("exclusive", 0))
     assert waited < 5
+
+
+def test_priming_shares_the_gpu_and_the_peak_rate_probes_take_it_alone(monkeypatch):
+    from profiler.run import worker
+
+    turns = RecordingTurns()
+    monkeypatch.setattr(worker, "prime_process", lambda point: turns.phases.append(("prime", turns.inside)))
+    monkeypatch.setattr(worker, "peak_rates_for", lambda point, cache: turns.phases.append(("peak", turns.inside)))
+
+    def measured(point, budget, nvml_reader, peak=None, snapshot_dir=None, turns=None):
+        turns.phases.append(("point", turns.inside))
+        return {}
+
+    point = PointSpec("sasrec", 8, "train", 2, "tiny", "naive", "cpu")
+    record = worker.measure_safely(point, None, None, prime=True, measure=measured, turns=turns)
+    assert record["status"] == "ok"
+    assert turns.phases == [("prime", "shared"), ("peak", "exclusive"), ("point", None)]

@@ -88,8 +88,8 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None,
     ``peak``: the device's peak rates in the point's arithmetic, which the row's fractions are of;
     ``snapshot_dir``: on CUDA, where one more step, after the timed ones, leaves its allocator
     history (profiler/run/snapshots.py); ``turns``: the GPU's turns where lanes share it
-    (profiler/run/turns.py): the counted step and the timed ones run in an exclusive turn,
-    building and compiling in a shared one."""
+    (profiler/run/turns.py): the timed steps (and the snapshot's) run in an exclusive turn;
+    building, the counted step and compiling in a shared one."""
     device = point.device
     apply_precision(point.dtype)
     # A plug-in's hash as this process imported it: the file measured, even if it changed since.
@@ -99,6 +99,8 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None,
         record["nvml_baseline_mib"] = nvml_reader.read_mib()  # context (and leftovers) before the model
         record["nvml_source"] = nvml_reader.source
 
+    # Building, the counted first step and compiling measure no time (the counted step's figures are
+    # tensor sizes and counts), so they run in one shared turn beside other lanes' doing the same.
     with turns.shared():
         started = time.perf_counter()
         workload = build_workload(
@@ -107,13 +109,11 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None,
         )
         _synchronize(device)
         record["build_s"] = time.perf_counter() - started
-    with turns.turn():
         started = time.perf_counter()
         costs = step_costs(workload)  # the first step, eager: it also creates the optimizer state
         _synchronize(device)
         record["probe_s"] = time.perf_counter() - started
-    if point.execution != "eager":
-        with turns.shared():
+        if point.execution != "eager":
             started = time.perf_counter()
             workload.prepare()  # compile or capture, outside every timed step
             _synchronize(device)

@@ -96,12 +96,13 @@ def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, pri
     """``turns``: the GPU's turns where lanes share it (profiler/run/turns.py)."""
     waited_before_s = turns.waited_s
     try:
-        with turns.turn():
+        with turns.shared():  # priming times nothing: beside other lanes' building and compiling
             started = time.perf_counter()
             if prime:
                 prime_process(point)
                 _release_memory(point.device)
             prime_s = time.perf_counter() - started if prime else 0.0
+        with turns.turn():  # the peak rates are timed
             # Before a memory limit applies: the probes' buffers are not the point's memory.
             started = time.perf_counter()
             peak = peak_rates_for(point, peak_rates)
@@ -230,7 +231,7 @@ def _serve(conn, device: str, cpu: int | None, threads: int, gpu: GpuAssignment 
         conn.send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
         return
     turns = GpuTurns(turn_lock_path(gpu_columns["gpu_uuid"])) if share_gpu and device == "cuda" else NO_TURNS
-    with turns.turn():
+    with turns.shared():
         primed_for = _prime_ahead(prime) if prime is not None and device == "cuda" else None
     _freeze_survivors()
     conn.send({"ready": True})
