@@ -73,6 +73,33 @@ def test_the_table_and_csv_name_the_largest_length_and_what_fills_memory(tmp_pat
     assert list(table["model"]) == ["sasrec", "caser"]
     assert (table["largest"] > 16).all() and table["predicted"].all()
     assert set(table["dominant_part"]) <= {"params", "grads", "optimizer state", "inputs", "activations"}
+    assert table["git_commit"].notna().all()
+
+
+def test_each_model_is_written_when_its_search_ends_so_a_later_failure_keeps_it(tmp_path, monkeypatch):
+    from profiler.cli import limits as limits_cli
+
+    real = limits_cli.predicted_limit
+
+    def failing_for_caser(query, top):
+        if query.model == "caser":
+            raise LimitError("caser at seq_len 64: worker died")
+        return real(query, top)
+
+    monkeypatch.setattr(limits_cli, "predicted_limit", failing_for_caser)
+    out = tmp_path / "limits.csv"
+    result = CliRunner().invoke(app, ["max-length", "--memory-gib", "2", "--models", "sasrec,caser", "--profile", "tiny",
+                                      "--batch-size", "8", "--out", str(out)])
+    assert result.exit_code == 2 and "caser at seq_len 64" in result.output
+    import pandas as pd
+    assert list(pd.read_csv(out)["model"]) == ["sasrec"]
+
+
+def test_an_unwritable_table_is_refused_before_any_search(tmp_path):
+    result = CliRunner().invoke(app, ["max-length", "--memory-gib", "2", "--models", "sasrec", "--profile", "tiny",
+                                      "--out", str(tmp_path / "missing" / "limits.csv")])
+    assert result.exit_code == 2 and "cannot write" in result.output and "no folder" in result.output
+    assert "Predicted" not in result.output  # refused before the search began
 
 
 @pytest.mark.parametrize("boundary, holds", [(1000, True), (1050, True), (1100, False)])

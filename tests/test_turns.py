@@ -1,6 +1,7 @@
 """Lanes sharing a GPU: an exclusive turn excludes every other turn of other processes, shared turns
 admit each other, and a point's timed steps take an exclusive turn, its building, counted step and
 compiling a shared one."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -131,7 +132,7 @@ def test_priming_shares_the_gpu_and_the_peak_rate_probes_take_it_alone(monkeypat
     monkeypatch.setattr(worker, "prime_process", lambda point: turns.phases.append(("prime", turns.inside)))
     monkeypatch.setattr(worker, "peak_rates_for", lambda point, cache: turns.phases.append(("peak", turns.inside)))
 
-    def measured(point, budget, nvml_reader, peak=None, snapshot_dir=None, turns=None):
+    def measured(point, budget, nvml_reader, peak=None, snapshot_dir=None, turns=None, compile_cores=None):
         turns.phases.append(("point", turns.inside))
         return {}
 
@@ -139,3 +140,48 @@ def test_priming_shares_the_gpu_and_the_peak_rate_probes_take_it_alone(monkeypat
     record = worker.measure_safely(point, None, None, prime=True, measure=measured, turns=turns)
     assert record["status"] == "ok"
     assert turns.phases == [("prime", "shared"), ("peak", "exclusive"), ("point", None)]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two cores to pin to one of")
+def test_a_pinned_worker_builds_and_compiles_on_every_core_it_was_given_and_times_on_its_own(monkeypatch):
+    given = frozenset(os.sched_getaffinity(0))
+    own = {min(given)}
+    seen = {}
+    real_build, real_time_step = measure.build_workload, measure.time_step
+
+    def build(*args):
+        seen["build"] = os.sched_getaffinity(0)
+        workload = real_build(*args[:-1], "eager")
+        workload.prepare = lambda: seen.setdefault("compile", os.sched_getaffinity(0))
+        return workload
+
+    def timed(*args, **kwargs):
+        seen["steps"] = os.sched_getaffinity(0)
+        return real_time_step(*args, **kwargs)
+
+    monkeypatch.setattr(measure, "build_workload", build)
+    monkeypatch.setattr(measure, "time_step", timed)
+    point = PointSpec("sasrec", 8, "train", 2, "tiny", "naive", "cpu", execution="compile")
+    budget = MeasurementBudget(warmup_steps=1, max_warmup_steps=1, min_reps=2, max_reps=2, time_budget_s=0.0)
+    os.sched_setaffinity(0, own)
+    try:
+        measure.measure_point(point, budget, compile_cores=given)
+        after = os.sched_getaffinity(0)
+    finally:
+        os.sched_setaffinity(0, given)
+    assert seen == {"build": given, "compile": given, "steps": own} and after == own
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs CPU affinity")
+def test_a_worker_to_be_pinned_asks_inductor_for_a_compile_worker_per_given_core(monkeypatch):
+    from profiler.run.worker import COMPILE_THREADS_ENV, cores_to_compile_on
+
+    given = frozenset(os.sched_getaffinity(0))
+    monkeypatch.delenv(COMPILE_THREADS_ENV, raising=False)
+    assert cores_to_compile_on(None) is None and COMPILE_THREADS_ENV not in os.environ  # unpinned: torch decides
+    assert cores_to_compile_on(min(given)) == given
+    assert os.environ[COMPILE_THREADS_ENV] == str(min(32, len(given)))
+    monkeypatch.setenv(COMPILE_THREADS_ENV, "1")  # the user's choice stands
+    cores_to_compile_on(min(given))
+    assert os.environ[COMPILE_THREADS_ENV] == "1"

@@ -1,4 +1,5 @@
 """seqprof max-length: the longest history (or largest batch) whose step fits in N GiB."""
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -23,9 +24,16 @@ from profiler.cli.common import console, fail, out
 from profiler.results.files import atomic_write_text
 from profiler.results.schema import model_label
 from profiler.run.plugins import resolve_spec
-from profiler.trackers.environment import resolve_device
+from profiler.trackers.environment import git_commit, resolve_device
 
 VARY = {"length": "seq_len", "batch-size": "batch_size"}
+
+
+def _write_table(out_path: Path, rows: list[dict]) -> None:
+    try:
+        atomic_write_text(out_path, pd.DataFrame(rows).to_csv(index=False))
+    except OSError as exc:
+        fail(f"cannot write {out_path}: {exc.strerror or exc}")
 
 
 def _say_probe(model: str, vary: str, probe, seconds: float) -> None:
@@ -61,11 +69,16 @@ def max_length(
     predicting = predict or device == "cpu"
     if check and predicting:
         fail("--check runs real steps on a GPU; a prediction has nothing to check")
+    if out_path is not None:
+        folder = out_path.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            fail(f"cannot write {out_path}: {'no folder ' + str(folder) if not folder.is_dir() else 'permission denied'}")
     if predicting:
         console.print(f"[bold yellow]Predicted[/] from the tensor footprint measured on the CPU plus "
                       f"{CONTEXT_MIB:.0f} MiB of CUDA context, not measured"
                       + (" (no CUDA GPU here)" if device == "cpu" else ""))
     rows = []
+    commit = git_commit()
     for model in models or list(REGISTRY):
         spec = resolve_spec(model)
         fixed = batch_size if VARY[vary] == "seq_len" else length
@@ -94,8 +107,10 @@ def max_length(
             "dominant_part": dominant_part(parts) if parts else "", "predicted": predicting, "device": device,
             **({} if not check else {
                 "check": checked.summary if checked else "", "check_holds": checked.holds if checked else None}),
+            "git_commit": commit,
         })
-    frame = pd.DataFrame(rows)
+        if out_path is not None:
+            _write_table(out_path, rows)  # after every model: a search stopped later keeps the models done
     what = "length" if VARY[vary] == "seq_len" else "batch size"
     table = Table(title=f"largest {what} in {memory_gib:g} GiB ({mode}, "
                         f"{'batch ' + str(batch_size) if what == 'length' else 'L=' + str(length)})"
@@ -109,8 +124,4 @@ def max_length(
         table.add_row(model_label(row["model"]), largest, peak, row["dominant_part"], *((row["check"],) if check else ()))
     out.print(table)
     if out_path is not None:
-        try:
-            atomic_write_text(out_path, frame.to_csv(index=False))
-        except OSError as exc:
-            fail(f"cannot write {out_path}: {exc.strerror or exc}")
         console.print(f"table: {out_path}", soft_wrap=True)

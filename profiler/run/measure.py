@@ -5,8 +5,10 @@ out-of-memory error propagates to the worker, which records it as a result.
 """
 import contextlib
 import gc
+import os
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -82,14 +84,35 @@ def timing_columns(times: StepTimes) -> dict:
     )
 
 
+@contextlib.contextmanager
+def on_cores(cores: frozenset[int] | None) -> Iterator[None]:
+    """This process on ``cores`` meanwhile (None: where it is), then back on its own.
+
+    A worker measuring on CUDA is pinned to one core, which would leave torch.compile one core to
+    compile Triton kernels on. The worker asks inductor for a compile worker per core it was given
+    (worker._serve); started while this process is on them, those processes keep that affinity for
+    later compilations too, and sit idle while steps are timed."""
+    if cores is None or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    own = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, own)
+
+
 def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None, peak: PeakRates | None = None,
-                  snapshot_dir: Path | None = None, turns: GpuTurns | NoTurns = NO_TURNS) -> dict:
+                  snapshot_dir: Path | None = None, turns: GpuTurns | NoTurns = NO_TURNS,
+                  compile_cores: frozenset[int] | None = None) -> dict:
     """The full record of one point. ``nvml_reader`` is an ``NvmlMemoryReader`` on CUDA, else None;
     ``peak``: the device's peak rates in the point's arithmetic, which the row's fractions are of;
     ``snapshot_dir``: on CUDA, where one more step, after the timed ones, leaves its allocator
     history (profiler/run/snapshots.py); ``turns``: the GPU's turns where lanes share it
     (profiler/run/turns.py): the timed steps (and the snapshot's) run in an exclusive turn;
-    building, the counted step and compiling in a shared one."""
+    building, the counted step and compiling in a shared one; ``compile_cores``: where building, the
+    counted step and compiling or capturing run (``on_cores``), None for the cores this process is on."""
     device = point.device
     apply_precision(point.dtype)
     # A plug-in's hash as this process imported it: the file measured, even if it changed since.
@@ -100,8 +123,9 @@ def measure_point(point: PointSpec, budget: MeasurementBudget, nvml_reader=None,
         record["nvml_source"] = nvml_reader.source
 
     # Building, the counted first step and compiling measure no time (the counted step's figures are
-    # tensor sizes and counts), so they run in one shared turn beside other lanes' doing the same.
-    with turns.shared():
+    # tensor sizes and counts), so they run in one shared turn beside other lanes' doing the same,
+    # and on every core the worker was given.
+    with turns.shared(), on_cores(compile_cores):
         started = time.perf_counter()
         workload = build_workload(
             point.model, point.attention, point.mode, point.seq_len, point.batch_size, point.profile, device,

@@ -9,10 +9,9 @@ graph. A lane waiting for an exclusive turn holds back new shared turns, so meas
 starved by a stream of compilations; lanes thus go in waves: they compile together, then measure
 one after another.
 
-A first version also took exclusive turns for priming and the counted step. Each point then
-needed the GPU alone between building and compiling, which waited for every compilation in flight
-and held back every new one: on the H200, nine lanes of a compiled sweep measured two points in
-340 s, where one lane alone measures one in about 45 s.
+Priming and the counted step once took exclusive turns too. Every point then needed the GPU alone
+between building and compiling: that waited for every compilation in flight and held back every
+new one, so the lanes compiled one after another.
 
 The turns are ``flock`` locks on two files named by the GPU's UUID in the host's temporary folder,
 so lanes of different sweeps on the same GPU take turns too: ``<uuid>.lock`` (shared or exclusive)

@@ -25,6 +25,9 @@ from profiler.trackers.timing import MeasurementBudget
 from profiler.units import MIB
 
 PR_SET_PDEATHSIG = 1  # from linux/prctl.h
+# Inductor's own knob for its pool of compile workers, and its own cap on their number.
+COMPILE_THREADS_ENV = "TORCHINDUCTOR_COMPILE_THREADS"
+MAX_COMPILE_THREADS = 32
 # What the worker leaves to the runner: it stops the sweep between points on either.
 WORKER_HELD_SIGNALS = {signal.SIGINT, signal.SIGHUP}
 # This process's device at its peaks, per arithmetic: measured at the first point that needs one.
@@ -92,8 +95,10 @@ def peak_rates_for(point: PointSpec, cache: PeakRateCache = PEAK_RATES) -> PeakR
 
 def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, prime: bool, measure=measure_point,
                    memory_limit_mib: float | None = None, snapshot_dir: Path | None = None,
-                   peak_rates: PeakRateCache = PEAK_RATES, turns: GpuTurns | NoTurns = NO_TURNS) -> dict:
-    """``turns``: the GPU's turns where lanes share it (profiler/run/turns.py)."""
+                   peak_rates: PeakRateCache = PEAK_RATES, turns: GpuTurns | NoTurns = NO_TURNS,
+                   compile_cores: frozenset[int] | None = None) -> dict:
+    """``turns``: the GPU's turns where lanes share it (profiler/run/turns.py); ``compile_cores``:
+    where a step compiles (measure.on_cores)."""
     waited_before_s = turns.waited_s
     try:
         with turns.shared():  # priming times nothing: beside other lanes' building and compiling
@@ -109,7 +114,8 @@ def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, pri
             peak_rate_s = time.perf_counter() - started
         if memory_limit_mib is not None and point.device == "cuda":
             limit_device_memory(memory_limit_mib, nvml_reader)
-        record = measure(point, budget, nvml_reader, peak=peak, snapshot_dir=snapshot_dir, turns=turns)
+        record = measure(point, budget, nvml_reader, peak=peak, snapshot_dir=snapshot_dir, turns=turns,
+                         compile_cores=compile_cores)
         record["status"] = "ok"
         record["prime_s"] = prime_s
         record["peak_rate_s"] = peak_rate_s
@@ -139,6 +145,18 @@ def _die_with_parent(parent_pid: int) -> None:
     # subreaper (not necessarily pid 1) adopted it.
     if os.getppid() != parent_pid:
         os._exit(1)
+
+
+def cores_to_compile_on(cpu: int | None) -> frozenset[int] | None:
+    """The cores a worker to be pinned to ``cpu`` builds and compiles on (measure.on_cores): all it
+    was given; None for a worker left unpinned. Inductor sizes its pool of compile workers by the
+    process's cores when it is first imported, which is after the pinning; told here, before, it
+    takes one per given core (as unpinned, capped at 32), unless the user chose a number."""
+    if cpu is None:
+        return None
+    cores = frozenset(os.sched_getaffinity(0))
+    os.environ.setdefault(COMPILE_THREADS_ENV, str(min(MAX_COMPILE_THREADS, len(cores))))
+    return cores
 
 
 def priming_key(point: PointSpec) -> tuple:
@@ -196,6 +214,7 @@ def _serve(conn, device: str, cpu: int | None, threads: int, gpu: GpuAssignment 
         # Before CUDA initialises (torch reads it once, at the first CUDA call): device 0 is that GPU.
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu.visible_devices
     torch.set_num_threads(threads)
+    compile_cores = cores_to_compile_on(cpu)
     if cpu is not None:
         # Started ahead of need: keep the import and CUDA start-up off the cores workers measure on.
         starting_cores = os.sched_getaffinity(0) - {cpu} - set(start_off)
@@ -255,7 +274,8 @@ def _serve(conn, device: str, cpu: int | None, threads: int, gpu: GpuAssignment 
         snapshot_dir = message.get("memory_snapshot_dir")
         record = measure_safely(point, budget, nvml_reader, prime=not primed, measure=measure,
                                 memory_limit_mib=message.get("memory_limit_mib"),
-                                snapshot_dir=Path(snapshot_dir) if snapshot_dir is not None else None, turns=turns)
+                                snapshot_dir=Path(snapshot_dir) if snapshot_dir is not None else None, turns=turns,
+                                compile_cores=compile_cores)
         primed = True
         if nvml_unavailable:
             record["nvml_source"] = nvml_unavailable
