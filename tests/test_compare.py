@@ -114,3 +114,29 @@ def test_report_and_plot_take_several_files_and_refuse_conflicting_rows(tmp_path
     assert main(["report", str(RUN1), str(RUN2)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"seqprof: error: results files {RUN1} and {RUN2} both hold model=sasrec")
+
+
+def test_with_later_replaces_a_point_measured_again_takes_the_last_files_row(tmp_path):
+    frame = synthetic_results()
+    first, again = tmp_path / "first.csv", tmp_path / "again.csv"
+    frame.to_csv(first, index=False)
+    remeasured = frame[frame["model"] == "sasrec"].copy()
+    remeasured["time_median_ms"] = remeasured["time_median_ms"] / 10
+    remeasured.to_csv(again, index=False)
+    assert runner.invoke(app, ["report", str(first), str(again)]).exit_code == 2  # conflicting rows, unasked
+    result = runner.invoke(app, ["report", str(first), str(again), "--later-replaces"])
+    assert result.exit_code == 0 and "the last file's row" in result.output
+
+    from profiler.results.store import read_many
+
+    rows = read_many([first, again], later_replaces=True)
+    assert len(rows) == len(frame)  # every point once
+    sasrec = rows[rows["model"] == "sasrec"].sort_values(["mode", "seq_len"])
+    expected = remeasured.sort_values(["mode", "seq_len"])
+    assert list(sasrec["time_median_ms"]) == pytest.approx(list(expected["time_median_ms"]), nan_ok=True)
+    others = rows[rows["model"] != "sasrec"].sort_values(["model", "mode", "seq_len"])
+    kept = frame[frame["model"] != "sasrec"].sort_values(["model", "mode", "seq_len"])
+    assert list(others["time_median_ms"]) == pytest.approx(list(kept["time_median_ms"]), nan_ok=True)
+    result = runner.invoke(app, ["plot", str(first), str(again), "--later-replaces", "--plots-dir", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "p" / "first+again-train-time_median_ms.png").exists()

@@ -9,10 +9,13 @@ from profiler.cli import options
 from profiler.cli.common import console, draw_figures, fail, out, plots_dir_for, read_many_or_fail, read_or_fail
 
 RESULTS_HELP = "Results CSVs of one or more sweeps (their rows together)."
+LaterReplaces = Annotated[bool, typer.Option(
+    "--later-replaces", help="A point in several files takes the row of the last file named (points measured "
+    "again); without it, two different rows of one point are an error.")]
 
 
-def _source(paths: list[Path]) -> str:
-    return ", ".join(str(p) for p in paths)
+def _source(paths: list[Path], later_replaces: bool = False) -> str:
+    return ", ".join(str(p) for p in paths) + (" (a point in several: the last file's row)" if later_replaces else "")
 
 
 def report(
@@ -22,12 +25,13 @@ def report(
     mode: Annotated[Optional[str], typer.Option(
         "--mode", callback=options.parse_mode, metavar="MODE", show_default="every mode in the files",
         help="train, infer or both.")] = None,
+    later_replaces: LaterReplaces = False,
 ) -> None:
     """Fit how memory and time grow with L: verdicts, log-log slopes, crossovers, TFLOP/s."""
     from profiler.present.report import make_report, markdown_report, to_rich
 
-    frame = read_many_or_fail(results)
-    header, tables = make_report(frame, _source(results), options.modes_for(mode) if mode else None)
+    frame = read_many_or_fail(results, later_replaces)
+    header, tables = make_report(frame, _source(results, later_replaces), options.modes_for(mode) if mode else None)
     for line in header:
         out.print(line, markup=False, soft_wrap=True)
     for table in tables:
@@ -48,10 +52,11 @@ def plot_command(
     baseline: Annotated[Optional[str], typer.Option(
         metavar="MODEL", show_default="no ratio figure",
         help="Model or variant (e.g. sasrec, convrec-hier) the ratio figure divides by.")] = None,
+    later_replaces: LaterReplaces = False,
 ) -> None:
     """Draw memory and time vs length (log-log, linear beneath), where the memory goes, and ratios to a
     baseline model."""
-    frame = read_many_or_fail(results)
+    frame = read_many_or_fail(results, later_replaces)
     if not (frame["status"] == "ok").any():
         fail(f"results {_source(results)} have no measured (ok) points to draw")
     draw_figures(frame, plots_dir or plots_dir_for(results[0]), "+".join(dict.fromkeys(p.stem for p in results)),

@@ -60,8 +60,8 @@ def read_or_fail(path: Path) -> pd.DataFrame:
         fail(str(exc))
 
 
-def read_many_or_fail(paths: list[Path]) -> pd.DataFrame:
+def read_many_or_fail(paths: list[Path], later_replaces: bool = False) -> pd.DataFrame:
     try:
-        return read_many(paths)
+        return read_many(paths, later_replaces)
     except ResultsFileError as exc:
         fail(str(exc))

@@ -160,19 +160,23 @@ def _checked_keys(path: Path, frame: pd.DataFrame, rows: list[int]) -> pd.DataFr
     return frame
 
 
-def read_many(paths: list[Path]) -> pd.DataFrame:
+def read_many(paths: list[Path], later_replaces: bool = False) -> pd.DataFrame:
     """The rows of several results files as one table. A point in two files must be the same row
-    (the same file given twice); two different measurements of one point are a ResultsFileError."""
+    (the same file given twice); two different measurements of one point are a ResultsFileError,
+    unless ``later_replaces``: then the row of the last file named stands (points measured again)."""
     frames = [read_results(path).assign(_source=str(path)) for path in paths]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     frame = frame.drop_duplicates(subset=[c for c in frame.columns if c != "_source"])
+    if later_replaces:
+        frame = frame.drop_duplicates(subset=KEY_COLUMNS, keep="last")
     repeated = frame[frame.duplicated(subset=KEY_COLUMNS, keep=False)]
     if len(repeated):
         keys = repeated[KEY_COLUMNS].astype(str)
         same = repeated[(keys == keys.iloc[0]).all(axis=1)]
         point = ", ".join(f"{c}={v}" for c, v in keys.iloc[0].items())
         raise ResultsFileError(f"results files {' and '.join(dict.fromkeys(same['_source']))} both hold {point} with "
-                               f"different values ({len(repeated)} rows in conflict); give files of different points")
+                               f"different values ({len(repeated)} rows in conflict); give files of different points, "
+                               "or let the last file's rows stand (--later-replaces)")
     return frame.drop(columns="_source").reset_index(drop=True)
 
 
