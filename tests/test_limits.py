@@ -176,3 +176,74 @@ def test_a_tolerance_stops_the_bisection_within_it_of_the_boundary_in_fewer_prob
     assert good <= boundary < bad  # the last fit and the first failure straddle the boundary
     assert bad - good <= 0.01 * good
     assert len(tolerant) <= len(exact) - 4  # the last halvings, from 1% to one, are left out
+
+
+def _fake_gpu_searches(monkeypatch, boundaries: dict, gpu_mib: int = 143771, seconds: float = 0.3):
+    """max-length as on a GPU, with searches that find ``boundaries`` (a model: its limit, or an
+    error message) in ``seconds``; returns the most searches that ran at once."""
+    import threading
+    import time
+
+    from profiler.cli import limits as limits_cli
+
+    running, most, lock = [0], [0], threading.Lock()
+
+    def measured(query, start, top, on_probe=None):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(seconds)
+            found = boundaries[query.model]
+            if isinstance(found, str):
+                raise LimitError(found)
+            return found, found + 1, [Probe(found, True, {"nvml_peak_mib": 1000.0})]
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(limits_cli, "resolve_device", lambda requested: "cuda")
+    monkeypatch.setattr(limits_cli, "gpu_memory_mib", lambda: gpu_mib)
+    monkeypatch.setattr(limits_cli, "measured_limit", measured)
+    return most
+
+
+def test_searches_at_once_share_the_gpu_and_the_table_keeps_the_models_order(tmp_path, monkeypatch):
+    most = _fake_gpu_searches(monkeypatch, {"sasrec": 3000, "caser": 1200, "hstu": 900})
+    out = tmp_path / "limits.csv"
+    result = CliRunner().invoke(app, ["max-length", "--memory-gib", "24", "--models", "sasrec,caser,hstu",
+                                      "--at-once", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert most[0] == 3  # the three searches ran side by side
+    import pandas as pd
+    table = pd.read_csv(out)
+    assert list(table["model"]) == ["sasrec", "caser", "hstu"] and list(table["largest"]) == [3000, 1200, 900]
+
+
+def test_one_search_at_a_time_unless_asked(tmp_path, monkeypatch):
+    most = _fake_gpu_searches(monkeypatch, {"sasrec": 3000, "caser": 1200}, seconds=0.05)
+    result = CliRunner().invoke(app, ["max-length", "--memory-gib", "24", "--models", "sasrec,caser"])
+    assert result.exit_code == 0, result.output
+    assert most[0] == 1
+
+
+def test_searches_at_once_must_fit_on_the_gpu_together(monkeypatch):
+    _fake_gpu_searches(monkeypatch, {"sasrec": 3000}, gpu_mib=80 * 1024)
+    result = CliRunner().invoke(app, ["max-length", "--memory-gib", "24", "--models", "sasrec", "--at-once", "4"])
+    assert result.exit_code == 2 and "96 GiB in all; the GPU has 80.0 GiB" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_failed_search_beside_others_fails_the_command_after_keeping_theirs(tmp_path, monkeypatch):
+    _fake_gpu_searches(monkeypatch, {"sasrec": 3000, "caser": "caser at seq_len 512: worker died", "hstu": 900})
+    out = tmp_path / "limits.csv"
+    result = CliRunner().invoke(app, ["max-length", "--memory-gib", "24", "--models", "sasrec,caser,hstu",
+                                      "--at-once", "3", "--out", str(out)])
+    assert result.exit_code == 2 and "caser at seq_len 512: worker died" in result.output
+    import pandas as pd
+    assert list(pd.read_csv(out)["model"]) == ["sasrec", "hstu"]
+
+
+def test_searches_at_once_are_refused_for_a_prediction():
+    result = CliRunner().invoke(app, ["max-length", "--memory-gib", "24", "--models", "sasrec", "--at-once", "2", "--predict"])
+    assert result.exit_code == 2 and "a prediction runs on the CPU" in result.output

@@ -1,7 +1,9 @@
 """seqprof max-length: the longest history (or largest batch) whose step fits in N GiB."""
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import pandas as pd
 import typer
@@ -10,6 +12,7 @@ from rich.table import Table
 from models.registry import REGISTRY
 from profiler.analysis.limits import (
     CONTEXT_MIB,
+    GIB_MIB,
     LimitError,
     check_limit,
     dominant_part,
@@ -24,7 +27,7 @@ from profiler.cli.common import console, fail, out
 from profiler.results.files import atomic_write_text
 from profiler.results.schema import model_label
 from profiler.run.plugins import resolve_spec
-from profiler.trackers.environment import git_commit, resolve_device
+from profiler.trackers.environment import git_commit, gpu_memory_mib, resolve_device
 
 VARY = {"length": "seq_len", "batch-size": "batch_size"}
 
@@ -34,6 +37,37 @@ def _write_table(out_path: Path, rows: list[dict]) -> None:
         atomic_write_text(out_path, pd.DataFrame(rows).to_csv(index=False))
     except OSError as exc:
         fail(f"cannot write {out_path}: {exc.strerror or exc}")
+
+
+def search_all(models: list[str], limit_row: Callable[[str], dict], keep: Callable[[str, dict], None],
+               at_once: int) -> list[str]:
+    """Runs ``limit_row`` for each model, ``at_once`` at a time, and hands each row to ``keep`` as
+    its search ends (one at a time). Returns the failures' messages, in the models' order; with one
+    search at a time the first failure stops the rest, as there is nothing running beside it."""
+    if at_once == 1:
+        for model in models:
+            try:
+                keep(model, limit_row(model))
+            except (LimitError, ValueError) as exc:
+                return [str(exc)]
+        return []
+    failures: dict[str, str] = {}
+    lock = threading.Lock()
+
+    def search(model: str) -> None:
+        try:
+            row = limit_row(model)
+        except (LimitError, ValueError) as exc:
+            failures[model] = str(exc)
+            return
+        with lock:
+            keep(model, row)
+
+    # The searches wait on their workers' pipes: threads are enough to run them side by side.
+    with ThreadPoolExecutor(max_workers=at_once) as pool:
+        for future in [pool.submit(search, model) for model in models]:
+            future.result()
+    return [failures[m] for m in models if m in failures]
 
 
 def _say_probe(model: str, vary: str, probe, seconds: float) -> None:
@@ -57,6 +91,8 @@ def max_length(
     predict: Annotated[bool, typer.Option(help="Predict from the tensor footprint on the CPU instead of measuring.")] = False,
     out_path: Annotated[Optional[Path], typer.Option("--out", help="Also write the table as CSV here.")] = None,
     check: Annotated[bool, typer.Option(help="Run each found limit again alone, and 10% above it (GPU only).")] = False,
+    at_once: Annotated[int, typer.Option(min=1, help="Models searched at the same time on the GPU, each on an emulated "
+                                         "card of its own: N x --memory-gib must fit in the GPU's memory [1].")] = 1,
 ) -> None:
     """Search the largest length (or batch) that fits in --memory-gib; on a GPU every probe is a real step."""
     if vary not in VARY:
@@ -69,6 +105,13 @@ def max_length(
     predicting = predict or device == "cpu"
     if check and predicting:
         fail("--check runs real steps on a GPU; a prediction has nothing to check")
+    if at_once > 1:
+        if predicting:
+            fail("--at-once shares a GPU between searches; a prediction runs on the CPU, one model at a time")
+        gpu_mib = gpu_memory_mib()
+        if gpu_mib is not None and at_once * memory_gib * GIB_MIB > gpu_mib:
+            fail(f"--at-once {at_once} emulates {at_once} cards of {memory_gib:g} GiB, "
+                 f"{at_once * memory_gib:g} GiB in all; the GPU has {gpu_mib / GIB_MIB:.1f} GiB")
     if out_path is not None:
         folder = out_path.parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
@@ -77,30 +120,28 @@ def max_length(
         console.print(f"[bold yellow]Predicted[/] from the tensor footprint measured on the CPU plus "
                       f"{CONTEXT_MIB:.0f} MiB of CUDA context, not measured"
                       + (" (no CUDA GPU here)" if device == "cpu" else ""))
-    rows = []
     commit = git_commit()
-    for model in models or list(REGISTRY):
+
+    def limit_row(model: str) -> dict:
+        """The table's row of one model; a LimitError where its search cannot run."""
         spec = resolve_spec(model)
         fixed = batch_size if VARY[vary] == "seq_len" else length
         query = model_query(model, attention[0] if attention else None, mode, profile, VARY[vary], fixed, memory_gib,
                             dtype[0] if dtype else "float32")
         top = limit_of(spec.max_len_limit, limit) if VARY[vary] == "seq_len" else limit
         checked = None
-        try:
-            if predicting:
-                best, info = predicted_limit(query, top)
-                parts, peak = info["parts"], None
-            else:
-                best, _, probes = measured_limit(query, max(spec.min_len, 16) if VARY[vary] == "seq_len" else 1, top,
-                                                 on_probe=lambda probe, seconds: _say_probe(model, vary, probe, seconds))
-                fitting = [p for p in probes if p.fits and p.value == best]
-                record = fitting[0].record if fitting else {}
-                parts, peak = footprint_parts_of(record), record.get("nvml_peak_mib")
-                if check and best is not None and best < top:
-                    checked = check_limit(query, best)
-        except (LimitError, ValueError) as exc:
-            fail(str(exc))
-        rows.append({
+        if predicting:
+            best, info = predicted_limit(query, top)
+            parts, peak = info["parts"], None
+        else:
+            best, _, probes = measured_limit(query, max(spec.min_len, 16) if VARY[vary] == "seq_len" else 1, top,
+                                             on_probe=lambda probe, seconds: _say_probe(model, vary, probe, seconds))
+            fitting = [p for p in probes if p.fits and p.value == best]
+            record = fitting[0].record if fitting else {}
+            parts, peak = footprint_parts_of(record), record.get("nvml_peak_mib")
+            if check and best is not None and best < top:
+                checked = check_limit(query, best)
+        return {
             "model": model, "attention": query.attention, "mode": mode, "vary": vary,
             "fixed": fixed, "memory_gib": memory_gib, "dtype": query.dtype,
             "largest": best, "at_limit": best == top, "peak_nvml_mib": peak,
@@ -108,9 +149,20 @@ def max_length(
             **({} if not check else {
                 "check": checked.summary if checked else "", "check_holds": checked.holds if checked else None}),
             "git_commit": commit,
-        })
-        if out_path is not None:
-            _write_table(out_path, rows)  # after every model: a search stopped later keeps the models done
+        }
+
+    names = models or list(REGISTRY)
+    done: dict[str, dict] = {}
+
+    def keep(model: str, row: dict) -> None:
+        done[model] = row
+        if out_path is not None:  # after every model: a search stopped later keeps the models done
+            _write_table(out_path, [done[m] for m in names if m in done])
+
+    failures = search_all(names, limit_row, keep, at_once)
+    if failures:
+        fail(failures[0])
+    rows = [done[m] for m in names]
     what = "length" if VARY[vary] == "seq_len" else "batch size"
     table = Table(title=f"largest {what} in {memory_gib:g} GiB ({mode}, "
                         f"{'batch ' + str(batch_size) if what == 'length' else 'L=' + str(length)})"

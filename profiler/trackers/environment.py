@@ -58,6 +58,11 @@ def _gpu_facts() -> dict:
         return {"device_name": "CUDA GPU (NVML unavailable)", "driver": f"unavailable ({type(exc).__name__})"}
 
 
+def gpu_memory_mib() -> int | None:
+    """The first GPU's memory, read through NVML (no CUDA context here); None where NVML cannot tell."""
+    return _gpu_facts().get("gpu_memory_mib")
+
+
 def resolve_device(requested: str) -> str:
     """'auto' -> 'cuda' when a GPU is usable, else 'cpu'; 'cuda' without a GPU is an error."""
     if requested == "auto":
