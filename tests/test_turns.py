@@ -185,3 +185,6 @@ def test_a_worker_to_be_pinned_asks_inductor_for_a_compile_worker_per_given_core
     monkeypatch.setenv(COMPILE_THREADS_ENV, "1")  # the user's choice stands
     cores_to_compile_on(min(given))
     assert os.environ[COMPILE_THREADS_ENV] == "1"
+    if len(given) > 1:  # the cores other workers measure on stay theirs; its own is in
+        own, other = sorted(given)[:2]
+        assert cores_to_compile_on(own, frozenset({own, other})) == given - {other}

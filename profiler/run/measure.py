@@ -89,9 +89,9 @@ def on_cores(cores: frozenset[int] | None) -> Iterator[None]:
     """This process on ``cores`` meanwhile (None: where it is), then back on its own.
 
     A worker measuring on CUDA is pinned to one core, which would leave torch.compile one core to
-    compile Triton kernels on. The worker asks inductor for a compile worker per core it was given
-    (worker._serve); started while this process is on them, those processes keep that affinity for
-    later compilations too, and sit idle while steps are timed."""
+    compile Triton kernels on. The worker asks inductor for a compile worker per core it compiles on
+    (worker.cores_to_compile_on); started while this process is on them, those processes keep that
+    affinity for later compilations too, and sit idle while steps are timed."""
     if cores is None or not hasattr(os, "sched_setaffinity"):
         yield
         return

@@ -147,14 +147,15 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def cores_to_compile_on(cpu: int | None) -> frozenset[int] | None:
+def cores_to_compile_on(cpu: int | None, measuring_cores: frozenset[int] = frozenset()) -> frozenset[int] | None:
     """The cores a worker to be pinned to ``cpu`` builds and compiles on (measure.on_cores): all it
-    was given; None for a worker left unpinned. Inductor sizes its pool of compile workers by the
-    process's cores when it is first imported, which is after the pinning; told here, before, it
-    takes one per given core (as unpinned, capped at 32), unless the user chose a number."""
+    was given but those other workers measure on (``measuring_cores``: a lane of another GPU takes
+    no turns with this one); None for a worker left unpinned. Inductor sizes its pool of compile
+    workers by the process's cores when it is first imported, which is after the pinning; told
+    here, before, it takes one per core (as unpinned, capped at 32), unless the user chose a number."""
     if cpu is None:
         return None
-    cores = frozenset(os.sched_getaffinity(0))
+    cores = frozenset(os.sched_getaffinity(0)) - (measuring_cores - {cpu})
     os.environ.setdefault(COMPILE_THREADS_ENV, str(min(MAX_COMPILE_THREADS, len(cores))))
     return cores
 
@@ -214,7 +215,7 @@ def _serve(conn, device: str, cpu: int | None, threads: int, gpu: GpuAssignment 
         # Before CUDA initialises (torch reads it once, at the first CUDA call): device 0 is that GPU.
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu.visible_devices
     torch.set_num_threads(threads)
-    compile_cores = cores_to_compile_on(cpu)
+    compile_cores = cores_to_compile_on(cpu, start_off)
     if cpu is not None:
         # Started ahead of need: keep the import and CUDA start-up off the cores workers measure on.
         starting_cores = os.sched_getaffinity(0) - {cpu} - set(start_off)
