@@ -185,7 +185,7 @@ def test_the_message_to_the_worker_carries_the_folder_to_the_measurement(tmp_pat
 
     received = {}
 
-    def fake_measure(point, budget, nvml_reader, peak=None, snapshot_dir=None, turns=None):
+    def fake_measure(point, budget, nvml_reader, peak=None, snapshot_dir=None, turns=None, compile_cores=None):
         received.update(point=point, snapshot_dir=snapshot_dir)
         return {}
 
