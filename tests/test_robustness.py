@@ -28,10 +28,22 @@ SWEEP = [*SEQPROF, "sweep", "--models", "sasrec", "--lengths", LENGTHS, *FAST_FL
          "--time-budget-s", "0.5", "--min-reps", "3", "--max-reps", "200"]
 
 
+# Runs the command as a terminal starts it: SIGINT handled by default and not blocked. A child
+# inherits an ignored or blocked SIGINT through exec, and this test process may have either from
+# what ran in it before (Ray's driver, a worker's start); seqprof rightly leaves an ignored Ctrl-C
+# ignored. Exec keeps the pid, so the pid is the command's.
+AS_FROM_A_TERMINAL = [sys.executable, "-c", textwrap.dedent("""
+    import os, signal, sys
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGHUP, signal.SIGTERM})
+    os.execv(sys.argv[1], sys.argv[1:])
+""")]
+
+
 def start_sweep(out) -> subprocess.Popen:
     # A session of its own, so the signal reaches the sweep and its worker as a terminal's Ctrl-C would.
-    return subprocess.Popen([*SWEEP, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    return subprocess.Popen([*AS_FROM_A_TERMINAL, *SWEEP, "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def wait_for_rows(path, count: int, timeout_s: float = 240.0) -> None:
@@ -238,8 +250,7 @@ def test_a_sweep_killed_with_sigkill_takes_its_worker_with_it(tmp_path, moment):
 
 @pytest.mark.slow
 def test_ctrl_c_while_torch_loads_is_one_line(tmp_path):
-    proc = subprocess.Popen([*SWEEP, "--out", str(tmp_path / "r.csv")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = start_sweep(tmp_path / "r.csv")
 
     wait_until(lambda: loading_torch(proc.pid), 120, "torch loading")
     os.killpg(proc.pid, signal.SIGINT)
