@@ -3,35 +3,17 @@
 common (the app, errors) <- sweep, analyse, reproduce, limits, info (the commands, registered here);
 ``main`` is the console entry point.
 """
-import os
-import signal
 import sys
-import threading
 
-
-def _interrupted_while_loading(signum, frame) -> None:
-    """Ctrl-C while torch and pandas load (seconds on a busy machine) is one line, as it is later.
-    It ends the process at once: a KeyboardInterrupt raised inside those imports can land in a
-    library's bare ``except`` and be swallowed, and the command would run on. Nothing is open yet."""
-    sys.stderr.write("seqprof: interrupted\n")
-    sys.stderr.flush()
-    os._exit(130)
-
-
-# Only where Ctrl-C would raise KeyboardInterrupt: not where it is ignored (a background job), nor
-# off the main thread, where no handler can be set.
-_LOADING = threading.current_thread() is threading.main_thread() \
-    and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-if _LOADING:
-    signal.signal(signal.SIGINT, _interrupted_while_loading)
 try:
     import typer
 
     from profiler.cli import analyse, info, limits, reproduce, sweep
     from profiler.cli.common import app
-finally:
-    if _LOADING:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+except KeyboardInterrupt:
+    # Ctrl-C while torch and pandas load (seconds on a busy machine) is one line, as it is later.
+    print("seqprof: interrupted", file=sys.stderr)
+    raise SystemExit(130) from None
 
 __all__ = ["app", "main"]
 
