@@ -178,9 +178,12 @@ def test_a_tolerance_stops_the_bisection_within_it_of_the_boundary_in_fewer_prob
     assert len(tolerant) <= len(exact) - 4  # the last halvings, from 1% to one, are left out
 
 
-def _fake_gpu_searches(monkeypatch, boundaries: dict, gpu_mib: int = 143771, seconds: float = 0.3):
+def _fake_gpu_searches(monkeypatch, boundaries: dict, gpu_mib: int = 143771, seconds: float = 0.3,
+                       brackets: dict | None = None):
     """max-length as on a GPU, with searches that find ``boundaries`` (a model: its limit, or an
-    error message) in ``seconds``; returns the most searches that ran at once."""
+    error message) in ``seconds``; returns the most searches that ran at once. ``brackets`` hears
+    each model's --between bracket as the search was given it."""
+    brackets = {} if brackets is None else brackets
     import threading
     import time
 
@@ -188,7 +191,8 @@ def _fake_gpu_searches(monkeypatch, boundaries: dict, gpu_mib: int = 143771, sec
 
     running, most, lock = [0], [0], threading.Lock()
 
-    def measured(query, start, top, on_probe=None):
+    def measured(query, start, top, on_probe=None, between=None):
+        brackets[query.model] = between
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
@@ -247,3 +251,57 @@ def test_a_failed_search_beside_others_fails_the_command_after_keeping_theirs(tm
 def test_searches_at_once_are_refused_for_a_prediction():
     result = CliRunner().invoke(app, ["max-length", "--memory-gib", "24", "--models", "sasrec", "--at-once", "2", "--predict"])
     assert result.exit_code == 2 and "a prediction runs on the CPU" in result.output
+
+
+@pytest.mark.parametrize("boundary", [900, 32300, 40000])
+def test_a_bracket_is_probed_first_and_the_search_goes_on_from_what_it_found(boundary):
+    probed = []
+
+    def fits(value: int) -> bool:
+        probed.append(value)
+        return value <= boundary
+
+    good, bad = search_largest(fits, 16, 65536, tolerance=0.01, between=(32256, 32512))
+    assert probed[:2] == [32256, 32512] or (boundary < 32256 and probed[:2] == [32256, 16])
+    assert good <= boundary < bad and bad - good <= max(1, 0.01 * good)
+    if boundary == 32300:  # a right bracket: its two ends settle it
+        assert len(probed) == 2
+
+
+def test_a_bracket_outside_the_search_is_refused():
+    with pytest.raises(LimitError, match="not within"):
+        search_largest(lambda v: True, 16, 4096, between=(1024, 8192))
+    with pytest.raises(LimitError, match="not within"):
+        search_largest(lambda v: True, 16, 4096, between=(8, 1024))
+
+
+@pytest.mark.parametrize("between, message", [
+    ("sasrec=100", "is not MODEL=LOW:HIGH"),
+    ("sasrec=500:100", "LOW must be positive and below HIGH"),
+    ("nosuchmodel=100:200", "nosuchmodel"),
+    ("caser=100:200", "which --models does not search"),
+])
+def test_a_bad_bracket_is_one_line_and_exit_2(monkeypatch, between, message):
+    _fake_gpu_searches(monkeypatch, {"sasrec": 3000})
+    result = CliRunner().invoke(app, ["max-length", "--memory-gib", "24", "--models", "sasrec", "--between", between])
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_bracket_reaches_its_models_search_and_the_table(tmp_path, monkeypatch):
+    brackets = {}
+    _fake_gpu_searches(monkeypatch, {"sasrec": 3000, "caser": 1200}, seconds=0.01, brackets=brackets)
+    out = tmp_path / "limits.csv"
+    result = CliRunner().invoke(app, ["max-length", "--memory-gib", "24", "--models", "sasrec,caser",
+                                      "--between", "caser=1024:2048", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert brackets == {"sasrec": None, "caser": (1024, 2048)}
+    import pandas as pd
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table["between"]) == ["", "1024:2048"]
+
+
+def test_a_bracket_is_refused_for_a_prediction():
+    result = CliRunner().invoke(app, ["max-length", "--memory-gib", "24", "--models", "sasrec",
+                                      "--between", "sasrec=100:200", "--predict"])
+    assert result.exit_code == 2 and "a prediction probes nothing" in result.output

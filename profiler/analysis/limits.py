@@ -60,16 +60,35 @@ class Probe:
 
 
 def search_largest(fits: Callable[[int], bool], start: int, limit: int,
-                   tolerance: float = 0.0) -> tuple[int | None, int | None]:
+                   tolerance: float = 0.0, between: tuple[int, int] | None = None) -> tuple[int | None, int | None]:
     """The largest value in [start, limit] for which ``fits`` holds, assuming it holds below some
     boundary and fails above it; and the smallest failing value found (None if none failed).
     Doubles from ``start`` until a probe fails or ``limit`` is reached, then bisects until the
-    last fit and the first failure are adjacent, or less than ``tolerance`` of the fit apart."""
+    last fit and the first failure are adjacent, or less than ``tolerance`` of the fit apart.
+
+    ``between`` (low, high) is a bracket believed to hold the boundary, say from an earlier search
+    that was stopped: both ends are probed first, so a bracket that is wrong costs two probes and
+    the search goes on from what they found (doubling above ``high`` if it fits, from ``start``
+    if ``low`` does not), never trusting it."""
     if start > limit:
         raise LimitError(f"the search starts at {start}, above its limit {limit}")
-    if not fits(start):
-        return None, start
-    good, bad = start, None
+    good, bad = None, None
+    if between is not None:
+        low, high = between
+        if not start <= low < high <= limit:
+            raise LimitError(f"the bracket {low}:{high} is not within the search's {start}..{limit}, low below high")
+        if fits(low):
+            good = low
+            if fits(high):
+                good = high
+            else:
+                bad = high
+        else:
+            bad = low
+    if good is None:
+        if not fits(start):
+            return None, start
+        good = start
     while bad is None and good < limit:
         candidate = min(2 * good, limit)
         if fits(candidate):
@@ -161,8 +180,10 @@ class ProbeWorkers:
 def measured_limit(query: LimitQuery, start: int, limit: int,
                    workers: Callable[[], ProbeWorkers] = ProbeWorkers,
                    on_probe: Callable[[Probe, float], None] = lambda probe, seconds: None,
+                   between: tuple[int, int] | None = None,
                    ) -> tuple[int | None, int | None, list[Probe]]:
-    """The search on the GPU; ``on_probe`` hears of each probe as it ends, with its seconds."""
+    """The search on the GPU; ``on_probe`` hears of each probe as it ends, with its seconds;
+    ``between``: a bracket to probe first (``search_largest``)."""
     probes: list[Probe] = []
     session = workers()
 
@@ -174,7 +195,7 @@ def measured_limit(query: LimitQuery, start: int, limit: int,
 
     tolerance = LENGTH_TOLERANCE if query.vary == "seq_len" else 0.0
     try:
-        good, bad = search_largest(fits, start, limit, tolerance)
+        good, bad = search_largest(fits, start, limit, tolerance, between)
     finally:
         session.close()
     return good, bad, probes

@@ -93,6 +93,8 @@ def max_length(
     check: Annotated[bool, typer.Option(help="Run each found limit again alone, and 10% above it (GPU only).")] = False,
     at_once: Annotated[int, typer.Option(min=1, help="Models searched at the same time on the GPU, each on an emulated "
                                          "card of its own: N x --memory-gib must fit in the GPU's memory [1].")] = 1,
+    between: Annotated[Optional[str], typer.Option(callback=options.parse_brackets, help="Brackets to probe first, "
+                       "MODEL=LOW:HIGH,... (a stopped search's last fit and first OOM); both ends are run, never trusted.")] = None,
 ) -> None:
     """Search the largest length (or batch) that fits in --memory-gib; on a GPU every probe is a real step."""
     if vary not in VARY:
@@ -105,6 +107,11 @@ def max_length(
     predicting = predict or device == "cpu"
     if check and predicting:
         fail("--check runs real steps on a GPU; a prediction has nothing to check")
+    if between and predicting:
+        fail("--between brackets a search of real steps on a GPU; a prediction probes nothing")
+    unsearched = sorted(set(between or {}) - set(models or REGISTRY))
+    if unsearched:
+        fail(f"--between names {', '.join(unsearched)}, which --models does not search")
     if at_once > 1:
         if predicting:
             fail("--at-once shares a GPU between searches; a prediction runs on the CPU, one model at a time")
@@ -129,12 +136,16 @@ def max_length(
         query = model_query(model, attention[0] if attention else None, mode, profile, VARY[vary], fixed, memory_gib,
                             dtype[0] if dtype else "float32")
         top = limit_of(spec.max_len_limit, limit) if VARY[vary] == "seq_len" else limit
-        checked = None
+        checked, bracket = None, None
         if predicting:
             best, info = predicted_limit(query, top)
             parts, peak = info["parts"], None
         else:
-            best, _, probes = measured_limit(query, max(spec.min_len, 16) if VARY[vary] == "seq_len" else 1, top,
+            start = max(spec.min_len, 16) if VARY[vary] == "seq_len" else 1
+            bracket = (between or {}).get(model)
+            if bracket is not None and not start <= bracket[0] < bracket[1] <= top:
+                raise LimitError(f"--between {model}={bracket[0]}:{bracket[1]} is outside its search, {start}..{top}")
+            best, _, probes = measured_limit(query, start, top, between=bracket,
                                              on_probe=lambda probe, seconds: _say_probe(model, vary, probe, seconds))
             fitting = [p for p in probes if p.fits and p.value == best]
             record = fitting[0].record if fitting else {}
@@ -145,6 +156,7 @@ def max_length(
             "model": model, "attention": query.attention, "mode": mode, "vary": vary,
             "fixed": fixed, "memory_gib": memory_gib, "dtype": query.dtype,
             "largest": best, "at_limit": best == top, "peak_nvml_mib": peak,
+            "between": "" if bracket is None else f"{bracket[0]}:{bracket[1]}",
             "dominant_part": dominant_part(parts) if parts else "", "predicted": predicting, "device": device,
             **({} if not check else {
                 "check": checked.summary if checked else "", "check_holds": checked.holds if checked else None}),

@@ -163,6 +163,30 @@ def parse_models(value: str | None) -> list[str] | None:
     return names
 
 
+def parse_brackets(value: str | None) -> dict[str, tuple[int, int]] | None:
+    """'sasrec=32256:32512,caser=1280:1536' -> {model: (low, high)}: for each model named, a value
+    believed to fit and a larger one believed not to (registry names or plug-in references)."""
+    if value is None:
+        return None
+    brackets: dict[str, tuple[int, int]] = {}
+    for item in _items(value, "MODEL=LOW:HIGH brackets (e.g. sasrec=32256:32512)"):
+        model, _, bounds = item.partition("=")
+        low, _, high = bounds.partition(":")
+        if not (model and _INTEGER.fullmatch(low.strip()) and _INTEGER.fullmatch(high.strip())):
+            raise typer.BadParameter(f"{item!r} is not MODEL=LOW:HIGH (e.g. sasrec=32256:32512)")
+        low_value, high_value = int(low), int(high)
+        if not 0 < low_value < high_value:
+            raise typer.BadParameter(f"{item!r}: LOW must be positive and below HIGH")
+        try:
+            name = model_name(model.strip())
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        if name in brackets:
+            raise typer.BadParameter(f"{value!r} names {model.strip()} twice")
+        brackets[name] = (low_value, high_value)
+    return brackets
+
+
 def parse_attention(value: str | None) -> list[str] | None:
     return _choice_list(value, ATTENTION_BACKENDS, "attention backend")
 
