@@ -74,6 +74,7 @@ def test_the_table_and_csv_name_the_largest_length_and_what_fills_memory(tmp_pat
     assert (table["largest"] > 16).all() and table["predicted"].all()
     assert set(table["dominant_part"]) <= {"params", "grads", "optimizer state", "inputs", "activations"}
     assert table["git_commit"].notna().all()
+    assert table["device_name"].str.startswith("CPU (").all()  # a prediction is made on the CPU, and says so
 
 
 def test_each_model_is_written_when_its_search_ends_so_a_later_failure_keeps_it(tmp_path, monkeypatch):
@@ -208,6 +209,7 @@ def _fake_gpu_searches(monkeypatch, boundaries: dict, gpu_mib: int = 143771, sec
 
     monkeypatch.setattr(limits_cli, "resolve_device", lambda requested: "cuda")
     monkeypatch.setattr(limits_cli, "gpu_memory_mib", lambda: gpu_mib)
+    monkeypatch.setattr(limits_cli, "device_name", lambda device: "NVIDIA H200")
     monkeypatch.setattr(limits_cli, "measured_limit", measured)
     return most
 
@@ -222,6 +224,7 @@ def test_searches_at_once_share_the_gpu_and_the_table_keeps_the_models_order(tmp
     import pandas as pd
     table = pd.read_csv(out)
     assert list(table["model"]) == ["sasrec", "caser", "hstu"] and list(table["largest"]) == [3000, 1200, 900]
+    assert set(table["device_name"]) == {"NVIDIA H200"}  # the card the searches ran on, in every row
 
 
 def test_one_search_at_a_time_unless_asked(tmp_path, monkeypatch):

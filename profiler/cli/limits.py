@@ -27,7 +27,7 @@ from profiler.cli.common import console, fail, out
 from profiler.results.files import atomic_write_text
 from profiler.results.schema import model_label
 from profiler.run.plugins import resolve_spec
-from profiler.trackers.environment import git_commit, gpu_memory_mib, resolve_device
+from profiler.trackers.environment import device_name, git_commit, gpu_memory_mib, resolve_device
 
 VARY = {"length": "seq_len", "batch-size": "batch_size"}
 
@@ -127,7 +127,7 @@ def max_length(
         console.print(f"[bold yellow]Predicted[/] from the tensor footprint measured on the CPU plus "
                       f"{CONTEXT_MIB:.0f} MiB of CUDA context, not measured"
                       + (" (no CUDA GPU here)" if device == "cpu" else ""))
-    commit = git_commit()
+    commit, measured_on = git_commit(), device_name(device)
 
     def limit_row(model: str) -> dict:
         """The table's row of one model; a LimitError where its search cannot run."""
@@ -158,6 +158,7 @@ def max_length(
             "largest": best, "at_limit": best == top, "peak_nvml_mib": peak,
             "between": "" if bracket is None else f"{bracket[0]}:{bracket[1]}",
             "dominant_part": dominant_part(parts) if parts else "", "predicted": predicting, "device": device,
+            "device_name": measured_on,
             **({} if not check else {
                 "check": checked.summary if checked else "", "check_holds": checked.holds if checked else None}),
             "git_commit": commit,

@@ -83,6 +83,11 @@ def cpu_name() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+def device_name(device: str) -> str:
+    """What measures: the GPU's name as NVML gives it on CUDA, the processor on the CPU."""
+    return _gpu_facts()["device_name"] if device == "cuda" else cpu_name()
+
+
 def collect_environment(device: str) -> dict:
     env = {
         "device": device,
