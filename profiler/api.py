@@ -156,7 +156,7 @@ def sweep(
         with store:
             if progress:
                 with SweepProgress(Console(stderr=True, highlight=False)) as display:
-                    run_sweep(request, store, SweepEvents(display.on_start, display.on_result))
+                    run_sweep(request, store, SweepEvents(display.on_start, display.on_result, display.on_deferred))
             else:
                 run_sweep(request, store, SweepEvents())
         return read_results(request.out)

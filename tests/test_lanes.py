@@ -141,6 +141,58 @@ def test_lanes_sharing_a_gpu_measure_every_point_once_with_workers_that_take_tur
     assert shared and all(shared)
 
 
+def _shared_run(tmp_path, points, events=None):
+    store = ResultsStore.create(tmp_path / "shared.csv")
+    with store:
+        rows = LaneRunner(store, RunnerOptions(budget=TINY_BUDGET, threads=1, lanes_per_gpu=2), [GpuAssignment(0)],
+                          events).run(points)
+    return rows, read_results(tmp_path / "shared.csv")
+
+
+def test_a_point_out_of_memory_beside_other_lanes_is_measured_again_alone_with_the_rest_of_its_unit(tmp_path,
+                                                                                                    monkeypatch):
+    # The fault runs out of memory only in a worker whose GPU other lanes share: as a point near
+    # the card's memory does beside the other lanes' models, and fits once the GPU is its own.
+    monkeypatch.setenv(FAULT_ENV, "sasrec[naive] train L=12=oom-shared")
+    deferred = []
+    rows, frame = _shared_run(tmp_path, plan(lengths=(8, 12, 16)), SweepEvents(on_deferred=deferred.append))
+    assert [p.label for p in deferred] == ["sasrec[naive] train L=12"]
+    assert len(rows) == len(frame) == 9 and set(frame["status"]) == {"ok"}  # each point once, none lost
+    assert not frame.duplicated(["model", "attention", "seq_len"]).any()
+    naive = frame[(frame["model"] == "sasrec") & (frame["attention"] == "naive")].set_index("seq_len")
+    # L = 8 was measured in its lane; L = 12 and the rest of the unit after the lanes, alone
+    assert naive["alone_after_shared_oom"].fillna(False).astype(bool).to_dict() == {8: False, 12: True, 16: True}
+    others = frame[~((frame["model"] == "sasrec") & (frame["attention"] == "naive"))]
+    assert not others["alone_after_shared_oom"].fillna(False).astype(bool).any()
+
+
+def test_a_point_out_of_memory_alone_too_is_the_models_oom_and_ends_its_series(tmp_path, monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "sasrec[naive] train L=12=oom")
+    rows, frame = _shared_run(tmp_path, plan(lengths=(8, 12, 16)))
+    naive = frame[(frame["model"] == "sasrec") & (frame["attention"] == "naive")].set_index("seq_len")
+    assert list(naive["status"]) == ["ok", "oom", "skipped"] and len(frame) == 9
+    assert naive.loc[12, "error"] == "OutOfMemoryError: injected out-of-memory"
+    assert bool(naive.loc[12, "alone_after_shared_oom"]) and naive.loc[16, "error"] == "OOM at L=12"
+
+
+def test_a_stop_before_the_lanes_end_leaves_a_deferred_point_to_resume(tmp_path, monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "sasrec[naive] train L=12=oom-shared")
+    box = {}
+
+    def stop_on_deferral(point):
+        box["runner"].request_stop()
+
+    store = ResultsStore.create(tmp_path / "shared.csv")
+    with store:
+        runner_ = LaneRunner(store, RunnerOptions(budget=TINY_BUDGET, threads=1, lanes_per_gpu=2), [GpuAssignment(0)],
+                             SweepEvents(on_deferred=stop_on_deferral))
+        box["runner"] = runner_
+        runner_.run(plan(lengths=(8, 12, 16)))
+    kept = read_results(tmp_path / "shared.csv")
+    assert set(kept["status"]) == {"ok"}  # the shared OOM wrote no row: nothing to take for the model's
+    assert not ((kept["model"] == "sasrec") & (kept["attention"] == "naive") & (kept["seq_len"] == 12)).any()
+
+
 def test_sharing_a_gpu_on_the_cpu_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(app, ["sweep", "--lanes-per-gpu", "2", "--models", "sasrec", "--lengths", "8",
                                       "--out", str(tmp_path / "r.csv"), *FAST_FLAGS])

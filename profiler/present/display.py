@@ -74,6 +74,10 @@ class SweepProgress:
             self._task = self._progress.add_task("", total=total)
         self._progress.update(self._task, description=f"measuring {escape(point.label)}")
 
+    def on_deferred(self, point: PointSpec) -> None:
+        self._progress.console.print(f"{escape(point.label)}: out of memory beside other lanes' models; measured "
+                                     "again with the GPU alone once the lanes end", soft_wrap=True)
+
     def on_result(self, index: int, total: int, point: PointSpec, row: dict) -> None:
         # Padded before escaping: rich's escape adds a backslash to "[naive]" that is not printed.
         counter = f"{index + 1:>{len(str(total))}}/{total}"

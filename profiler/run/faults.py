@@ -1,7 +1,9 @@
 """Faults on purpose, for the tests that check a sweep survives them.
 
 With ``SEQPROF_INJECT_FAULT="<point label>=<fault>"`` in a worker's environment, the worker measures
-through ``with_injected_faults``, which fails at that one point: oom, error, exit, segfault or hang.
+through ``with_injected_faults``, which fails at that one point: oom, error, exit, segfault or hang;
+``oom-shared`` runs out of memory only in a worker whose GPU other lanes share (as a point near the
+card's memory does beside other lanes' models) and measures where it has the GPU alone.
 With ``"worker start=<fault>"`` every worker fails so while it starts, before it is ready. Without
 the variable the worker measures directly and nothing here runs. ``exit-task`` is a fault of the
 process that drives the worker instead (a Ray task), which exits as that point starts.
@@ -15,6 +17,7 @@ import torch
 FAULT_ENV = "SEQPROF_INJECT_FAULT"
 START = "worker start"  # the label of a fault in a worker's start rather than at a point
 TASK_FAULTS = ("exit-task",)
+SHARED_OOM = "oom-shared"
 
 
 def injected_fault(label: str) -> str | None:
@@ -37,12 +40,15 @@ def inject_fault(label: str, fault: str) -> None:
     raise ValueError(f"unknown fault {fault!r} for {label!r} in {FAULT_ENV}")
 
 
-def with_injected_faults(measure):
-    """``measure`` that first fails as ``SEQPROF_INJECT_FAULT`` asks, at the point it names."""
+def with_injected_faults(measure, share_gpu: bool = False):
+    """``measure`` that first fails as ``SEQPROF_INJECT_FAULT`` asks, at the point it names;
+    ``share_gpu``: the worker's GPU is shared by other lanes."""
 
     @functools.wraps(measure)
     def measure_with_faults(point, *args, **kwargs):
         fault = injected_fault(point.label)
+        if fault == SHARED_OOM:
+            fault = "oom" if share_gpu else None
         if fault is not None and fault not in TASK_FAULTS:
             inject_fault(point.label, fault)
         return measure(point, *args, **kwargs)

@@ -9,15 +9,18 @@ appends them to the store and fires the events.
 Several lanes may share one GPU (``--lanes-per-gpu``): they measure in the GPU's turns
 (profiler/run/turns.py), one at a time and with nothing else on the GPU, and overlap building and
 compilation. They also share its memory: a point near the card's memory may run out of it there
-and fit alone.
+and fit alone, so a point that runs out of memory in such a lane is not the model's OOM yet. Its
+row is not written; it and the rest of its unit are measured again after the lanes end, with one
+lane per GPU and no other worker on it, and those rows say so (``alone_after_shared_oom``).
 """
+import dataclasses
 import os
 import queue
 import threading
 
 from profiler.results.schema import PointSpec
 from profiler.results.store import ResultsStore
-from profiler.run.runner import Lane, PointStarted, RunnerOptions, SweepEvents, SweepRunner, worker_group
+from profiler.run.runner import Lane, PointStarted, RunnerOptions, SweepEvents, SweepRunner, UnitDeferred, worker_group
 from profiler.run.worker import GpuAssignment
 
 
@@ -63,13 +66,28 @@ class LaneRunner(SweepRunner):
 
     def run(self, points: list[PointSpec]) -> list[dict]:
         """Measures ``points`` over the lanes; returns the rows written, in the order they finished."""
+        rows: list[dict] = []
+        sharing = self.options.lanes_per_gpu > 1
+        self._lanes = [Lane(self.options, self.device_name, gpu, slot, len(self.gpus), defer_oom=sharing)
+                       for slot, gpu in enumerate(self.gpus)]
+        deferred = self._run_lanes(points, len(points), rows)
+        if deferred and not self.stop_requested:
+            # The other lanes' workers have ended: each GPU's memory is the one lane's alone.
+            gpus = list({gpu.index: gpu for gpu in self.gpus}.values())
+            alone = dataclasses.replace(self.options, lanes_per_gpu=1)
+            self._lanes = [Lane(alone, self.device_name, gpu, slot, len(gpus), marks={"alone_after_shared_oom": True})
+                           for slot, gpu in enumerate(gpus)]
+            self._run_lanes(deferred, len(points), rows)
+        return rows
+
+    def _run_lanes(self, points: list[PointSpec], total: int, rows: list[dict]) -> list[PointSpec]:
+        """Measures ``points`` over ``self._lanes``, appending the rows written to ``rows``; returns
+        the points the lanes deferred (``UnitDeferred``), in the order they were deferred."""
         oom_at = self._stored_oom_lengths()
         work: queue.SimpleQueue = queue.SimpleQueue()
         for variant in split_variants(points):
             work.put(variant)
         events: queue.SimpleQueue = queue.SimpleQueue()
-        self._lanes = [Lane(self.options, self.device_name, gpu, slot, len(self.gpus))
-                       for slot, gpu in enumerate(self.gpus)]
 
         def drive(lane: Lane) -> None:
             # A lane's workers are started and closed by its own thread: Linux's parent-death signal,
@@ -88,12 +106,12 @@ class LaneRunner(SweepRunner):
                 lane.close()
                 events.put(_LaneDone())
 
-        threads = [threading.Thread(target=drive, args=(lane,), name=f"lane-gpu{gpu.index}", daemon=True)
-                   for lane, gpu in zip(self._lanes, self.gpus)]
+        threads = [threading.Thread(target=drive, args=(lane,), name=f"lane-gpu{lane.gpu.index}", daemon=True)
+                   for lane in self._lanes]
         for thread in threads:
             thread.start()
-        rows: list[dict] = []
-        started, running, failure = 0, len(threads), None
+        deferred: list[PointSpec] = []
+        started, running, failure = len(rows), len(threads), None
         try:
             while running:
                 try:
@@ -106,10 +124,13 @@ class LaneRunner(SweepRunner):
                 elif isinstance(event, BaseException):
                     self.stop_requested, failure = True, failure or event
                 elif isinstance(event, PointStarted):
-                    self.events.on_start(started, len(points), event.point)
+                    self.events.on_start(started, total, event.point)
                     started += 1
+                elif isinstance(event, UnitDeferred):
+                    self.events.on_deferred(event.points[0])
+                    deferred.extend(event.points)
                 else:
-                    self._keep(event, rows, len(points))
+                    self._keep(event, rows, total)
         except BaseException:
             self.stop_requested = True
             for lane in self._lanes:
@@ -120,4 +141,4 @@ class LaneRunner(SweepRunner):
                 thread.join()
         if failure is not None:
             raise failure
-        return rows
+        return deferred

@@ -153,6 +153,8 @@ class SweepEvents:
 
     on_start: Callable[[int, int, PointSpec], None] = lambda index, total, point: None
     on_result: Callable[[int, int, PointSpec, dict], None] = lambda index, total, point, row: None
+    # a point that ran out of memory beside other lanes on its GPU, to be measured again alone
+    on_deferred: Callable[[PointSpec], None] = lambda point: None
 
 
 def worker_group(point: PointSpec) -> tuple:
@@ -204,18 +206,31 @@ class PointFinished:
     row: dict
 
 
+@dataclass(frozen=True)
+class UnitDeferred:
+    """The rest of a lane's unit, from a point that ran out of memory while other lanes shared the
+    GPU: its row is not written, and the points are measured again once the GPU is the sweep's alone."""
+
+    points: list[PointSpec]
+
+
 class Lane:
     """Measures points on one device, one worker process at a time: the rule of a series, shared by
     every way of running a sweep (in order here, on several GPUs, on a Ray cluster).
 
     Points of one model variant share a worker until one ends in anything but ``ok``; after an OOM
     the longer lengths of that series are skipped. ``slot`` numbers this lane among the ``slots``
-    lanes of the host, which measure on different cores.
+    lanes of the host, which measure on different cores. ``defer_oom``: an OOM ends the points
+    handed over instead (``UnitDeferred``), as where other lanes share the GPU's memory; ``marks``:
+    columns every row of this lane carries.
     """
 
     def __init__(self, options: RunnerOptions, device_name: str = "", gpu: GpuAssignment | None = None,
-                 slot: int = 0, slots: int = 1, spare: bool = True):
+                 slot: int = 0, slots: int = 1, spare: bool = True, defer_oom: bool = False,
+                 marks: dict | None = None):
         self.options = options
+        self.defer_oom = defer_oom
+        self.marks = marks or {}
         self.device_name = device_name
         self.gpu = gpu
         self.slot = slot
@@ -226,7 +241,8 @@ class Lane:
         self._spares: list[Worker] = []  # the next workers, started while the current one measures
 
     def measure(self, points: list[PointSpec], oom_at: dict[SeriesKey, int],
-                stopped: Callable[[], bool] = lambda: False) -> Iterator[PointStarted | PointFinished]:
+                stopped: Callable[[], bool] = lambda: False,
+                ) -> Iterator[PointStarted | PointFinished | UnitDeferred]:
         """Measures ``points`` in order, announcing each as it starts and ends; stops between points
         once ``stopped()``. ``oom_at``: the shortest length that ran out of memory, by series."""
         oom_at = dict(oom_at)
@@ -239,9 +255,12 @@ class Lane:
                 row = point_row(point, {"status": "skipped", "error": reason}, 0.0, self.device_name)
             else:
                 row = self._measure(point, points[index + 1:])
+                if row["status"] == "oom" and self.defer_oom:
+                    yield UnitDeferred(points[index:])
+                    return
                 if row["status"] == "oom":
                     oom_at[point.series] = min(point.seq_len, oom_at.get(point.series, point.seq_len))
-            yield PointFinished(point, row)
+            yield PointFinished(point, {**row, **self.marks})
 
     def close(self) -> None:
         self._retire_worker()

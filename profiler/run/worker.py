@@ -258,7 +258,7 @@ def _serve(conn, device: str, cpu: int | None, threads: int, gpu: GpuAssignment 
     frozen_after_first_point = False
     pinned = cpu is None
     primed = device != "cuda"  # lazy kernel loading is a CUDA matter
-    measure = with_injected_faults(measure_point) if os.environ.get(FAULT_ENV) else measure_point
+    measure = with_injected_faults(measure_point, share_gpu) if os.environ.get(FAULT_ENV) else measure_point
     while True:
         try:
             message = conn.recv()
