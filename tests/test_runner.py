@@ -154,6 +154,17 @@ def test_the_phase_breakdown_adds_up_and_leaves_out_failed_points():
     assert phase_breakdown([{"status": "error"}]) is None
 
 
+def test_the_phase_breakdown_names_both_waits_of_lanes_sharing_a_gpu():
+    from profiler.present.display import phase_breakdown
+
+    row = {"status": "ok", "point_wall_s": 10.0, "turn_wait_s": 2.0, "shared_turn_wait_s": 3.0, "build_s": 1.0,
+           "probe_s": 1.0, "steps_s": 2.0, "measured_wall_s": 1.0}
+    # the wait for shared turns is its own phase, not part of "other"
+    assert phase_breakdown([row]) == ("time in 1 ok points: 10.0 s = waiting for the GPU 2.0 + waiting to share it "
+                                      "3.0 + building 1.0 + probes 1.0 + steps 2.0 + other 1.0 s "
+                                      "(timed steps alone 1.0 s)")
+
+
 class _Node:
     pass
 

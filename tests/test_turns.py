@@ -19,16 +19,17 @@ HOLD = textwrap.dedent("""
     from profiler.run.turns import GpuTurns
     turns = GpuTurns(Path(sys.argv[1]))
     time.sleep(float(sys.argv[3]))
+    asked = time.time()
     with (turns.turn() if sys.argv[2] == "exclusive" else turns.shared()):
         start = time.time()
         time.sleep(0.4)
-        print(start, time.time(), turns.waited_s)
+        print(start, time.time(), turns.waited_s, turns.shared_waited_s, asked)
 """)
 
 
-def _spans(lock, *holders) -> list[tuple[float, float, float]]:
-    """Each holder (kind, delay before asking) as a process: when it held its turn and the seconds it
-    waited for exclusive turns, in the order given."""
+def _spans(lock, *holders) -> list[tuple[float, ...]]:
+    """Each holder (kind, delay before asking) as a process: when it held its turn, the seconds it
+    waited for exclusive and for shared turns, and when it asked, in the order given."""
     processes = [subprocess.Popen([sys.executable, "-c", HOLD, str(lock), kind, str(delay)], stdout=subprocess.PIPE,
                                   text=True) for kind, delay in holders]
     return [tuple(map(float, p.communicate(timeout=60)[0].split())) for p in processes]
@@ -51,6 +52,9 @@ def test_a_waiting_measurement_holds_back_new_compilations(tmp_path):
     # A compilation holds a shared turn; a measurement asks for the GPU; a later compilation waits for it.
     shared, exclusive, later = _spans(tmp_path / "gpu.lock", ("shared", 0), ("exclusive", 0.15), ("shared", 0.3))
     assert exclusive[0] >= shared[1] and later[0] >= exclusive[1]
+    waited = later[0] - later[4]
+    assert waited > 0.05 and later[3] == pytest.approx(waited, abs=0.05)  # it counted its wait for a shared turn
+    assert later[2] == exclusive[3] == 0  # shared and exclusive waits are counted apart
 
 
 def test_the_lock_is_named_by_the_gpu_so_sweeps_on_one_gpu_share_it():
@@ -61,7 +65,7 @@ class RecordingTurns:
     """Turns that record which phases ran inside which kind of turn."""
 
     def __init__(self):
-        self.inside, self.waited_s, self.phases = None, 0.0, []
+        self.inside, self.waited_s, self.shared_waited_s, self.phases = None, 0.0, 0.0, []
 
     def _held(self, kind):
         import contextlib
@@ -121,7 +125,7 @@ def test_after_a_compiled_point_another_process_gets_an_exclusive_turn(tmp_path)
     budget = MeasurementBudget(warmup_steps=1, max_warmup_steps=1, min_reps=2, max_reps=2, time_budget_s=0.0)
     record = measure.measure_point(point, budget, turns=GpuTurns(lock))
     assert record["compile_s"] > 0
-    ((start, end, waited),) = _spans(lock, ("exclusive", 0))
+    ((start, end, waited, _, _),) = _spans(lock, ("exclusive", 0))
     assert waited < 5
 
 

@@ -139,10 +139,11 @@ COLUMNS = [
     # (at a worker's first point of a dtype), building the model and batch, the footprint, FLOP and
     # traffic probe, warm-up and timed steps together, the timed steps alone
     "point_wall_s", "prime_s", "peak_rate_s", "build_s", "probe_s", "steps_s", "measured_wall_s", "worker_pid", "worker_cpu", "worker_fresh", "worker_start_s", "finished_at",
-    # lanes sharing a GPU (--lanes-per-gpu): the seconds this point waited for the GPU's turns, and
-    # whether the row was measured after the lanes, with the GPU alone, because the point ran out of
-    # memory beside the other lanes' models (profiler/run/lanes.py)
-    "turn_wait_s", "alone_after_shared_oom",
+    # lanes sharing a GPU (--lanes-per-gpu): the seconds this point waited for the GPU's exclusive
+    # turns (to be timed) and for its shared ones (to build, probe and compile: behind a measurement
+    # or a lane waiting for one), and whether the row was measured after the lanes, with the GPU
+    # alone, because the point ran out of memory beside the other lanes' models (profiler/run/lanes.py)
+    "turn_wait_s", "shared_turn_wait_s", "alone_after_shared_oom",
     # the GPU that measured the point: its index on its host (as --gpus names it) and NVML's UUID
     "gpu_index", "gpu_uuid",
     # raw samples, last because they are long

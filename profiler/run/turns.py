@@ -42,12 +42,14 @@ def _flocked(path: Path, mode: int) -> Iterator[None]:
 
 
 class GpuTurns:
-    """The GPU's turns; ``waited_s`` adds up the waits for exclusive ones (measurements)."""
+    """The GPU's turns; ``waited_s`` adds up the waits for exclusive ones (measurements),
+    ``shared_waited_s`` those for shared ones (behind a measurement, or a lane waiting for one)."""
 
     def __init__(self, lock_path: Path):
         self._lock = Path(lock_path)
         self._gate = self._lock.with_suffix(".gate")
         self.waited_s = 0.0
+        self.shared_waited_s = 0.0
 
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:
@@ -60,9 +62,11 @@ class GpuTurns:
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
         """The GPU beside other lanes' shared turns, never beside a measurement."""
+        started = time.perf_counter()
         with _flocked(self._gate, fcntl.LOCK_EX):
             pass  # no lane waits for an exclusive turn now
         with _flocked(self._lock, fcntl.LOCK_SH):
+            self.shared_waited_s += time.perf_counter() - started
             yield
 
 
@@ -70,6 +74,7 @@ class NoTurns:
     """A GPU this worker has to itself (or the CPU): no turn to wait for."""
 
     waited_s = 0.0
+    shared_waited_s = 0.0
 
     def turn(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()

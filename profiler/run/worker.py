@@ -99,7 +99,7 @@ def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, pri
                    compile_cores: frozenset[int] | None = None) -> dict:
     """``turns``: the GPU's turns where lanes share it (profiler/run/turns.py); ``compile_cores``:
     where a step compiles (measure.on_cores)."""
-    waited_before_s = turns.waited_s
+    waited_before_s, shared_waited_before_s = turns.waited_s, turns.shared_waited_s
     try:
         with turns.shared():  # priming times nothing: beside other lanes' building and compiling
             started = time.perf_counter()
@@ -130,6 +130,7 @@ def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, pri
     record["worker_pid"] = os.getpid()
     if turns is not NO_TURNS:
         record["turn_wait_s"] = turns.waited_s - waited_before_s
+        record["shared_turn_wait_s"] = turns.shared_waited_s - shared_waited_before_s
     return record
 
 
