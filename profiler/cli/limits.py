@@ -93,8 +93,9 @@ def max_length(
     check: Annotated[bool, typer.Option(help="Run each found limit again alone, and 10% above it (GPU only).")] = False,
     at_once: Annotated[int, typer.Option(min=1, help="Models searched at the same time on the GPU, each on an emulated "
                                          "card of its own: N x --memory-gib must fit in the GPU's memory [1].")] = 1,
-    between: Annotated[Optional[str], typer.Option(callback=options.parse_brackets, help="Brackets to probe first, "
-                       "MODEL=LOW:HIGH,... (a stopped search's last fit and first OOM); both ends are run, never trusted.")] = None,
+    between: Annotated[Optional[str], typer.Option(
+        callback=options.parse_brackets, help="Brackets to probe first, MODEL=LOW:HIGH,... (a stopped search's "
+        "last fit and first OOM); both ends are run, never trusted.")] = None,
 ) -> None:
     """Search the largest length (or batch) that fits in --memory-gib; on a GPU every probe is a real step."""
     if vary not in VARY:

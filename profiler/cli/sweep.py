@@ -227,7 +227,8 @@ def measure_with_progress(
             started = time.perf_counter()
             width = max((len(point.label) for point in request.plan()), default=0)
             with SweepProgress(console, width) as progress:
-                rows, interrupted = run_sweep(request, store, SweepEvents(progress.on_start, progress.on_result, progress.on_deferred))
+                events = SweepEvents(progress.on_start, progress.on_result, progress.on_deferred)
+                rows, interrupted = run_sweep(request, store, events)
             elapsed = time.perf_counter() - started
     except (ResultsFileError, ValueError) as exc:
         fail(str(exc))
