@@ -32,6 +32,15 @@ def invoke(*args):
     return runner.invoke(app, list(args))
 
 
+def test_the_closing_line_counts_each_outcome_where_a_point_is_not_ok(tmp_path, monkeypatch):
+    from profiler.run.faults import FAULT_ENV
+
+    monkeypatch.setenv(FAULT_ENV, "sasrec[naive] train L=12=oom")
+    result = invoke("sweep", "--lengths", "8,12,16", "--models", "sasrec", "--out", str(tmp_path / "r.csv"), *FAST_FLAGS)
+    assert result.exit_code == 0, result.output
+    assert "3 points measured in " in result.output and " s (1 ok, 1 oom, 1 skipped); results:" in result.output
+
+
 def test_sweep_writes_one_row_per_point_and_a_summary(tmp_path):
     out = tmp_path / "r.csv"
     previous = os.umask(0o022)

@@ -165,6 +165,14 @@ def test_the_phase_breakdown_names_both_waits_of_lanes_sharing_a_gpu():
                                       "(timed steps alone 1.0 s)")
 
 
+def test_the_closing_count_names_the_outcomes_only_where_some_point_is_not_ok():
+    from profiler.present.display import outcome_counts
+
+    assert outcome_counts([{"status": "ok"}, {"status": "ok"}]) == ""
+    rows = [{"status": "ok"}, {"status": "error"}, {"status": "oom"}, {"status": "ok"}, {"status": "skipped"}]
+    assert outcome_counts(rows) == " (2 ok, 1 oom, 1 skipped, 1 error)"
+
+
 class _Node:
     pass
 

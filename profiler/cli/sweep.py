@@ -12,7 +12,7 @@ from models.registry import REGISTRY
 from profiler.cli import options
 from profiler.cli.budget import MaxReps, MaxWarmup, MinReps, TargetCi, TimeBudget, Warmup, measurement_budget
 from profiler.cli.common import console, draw_figures, fail, out, plots_dir_for
-from profiler.present.display import SweepProgress, phase_breakdown, summary_table
+from profiler.present.display import SweepProgress, outcome_counts, phase_breakdown, summary_table
 from profiler.results.store import ResultsFileError, ResultsStore
 from profiler.run.plugins import check_unchanged
 from profiler.run.runner import SweepEvents
@@ -176,7 +176,8 @@ def sweep(
     frame = store.frame
     if len(frame):
         out.print(summary_table(frame, f"seqprof sweep on {frame['device_name'].iloc[-1]}, batch {request.batch_size}"))
-    console.print(f"{len(rows)} points measured in {elapsed:.1f} s; results: {request.out}", soft_wrap=True)
+    console.print(f"{len(rows)} points measured in {elapsed:.1f} s{outcome_counts(rows)}; results: {request.out}",
+                  soft_wrap=True)
     breakdown = phase_breakdown(rows)
     if breakdown is not None:
         console.print(breakdown, markup=False, soft_wrap=True)

@@ -121,6 +121,14 @@ def summary_table(frame: pd.DataFrame, title: str) -> Table:
     return table
 
 
+def outcome_counts(rows: list[dict]) -> str:
+    """' (29 ok, 6 error)': the rows' statuses, where any is not ok (an all-ok sweep needs no count)."""
+    counts = {status: sum(row.get("status") == status for row in rows) for status in STATUS_STYLE}
+    if counts["ok"] == len(rows):
+        return ""
+    return " (" + ", ".join(f"{n} {status}" for status, n in counts.items() if n) + ")"
+
+
 # The phases of a point, in the order a worker runs them (the columns of profiler/results/schema.py);
 # lanes sharing a GPU wait for its turns outside every phase's clock.
 PHASES = {"turn_wait_s": "waiting for the GPU", "shared_turn_wait_s": "waiting to share it", "prime_s": "priming",
