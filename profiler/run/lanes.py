@@ -62,27 +62,26 @@ class LaneRunner(SweepRunner):
                  events: SweepEvents | None = None, device_name: str = ""):
         super().__init__(store, options, events, device_name)
         self.gpus = [gpu for gpu in gpus for _ in range(options.lanes_per_gpu)]
-        self._lanes: list[Lane] = []
 
     def run(self, points: list[PointSpec]) -> list[dict]:
         """Measures ``points`` over the lanes; returns the rows written, in the order they finished."""
         rows: list[dict] = []
         sharing = self.options.lanes_per_gpu > 1
-        self._lanes = [Lane(self.options, self.device_name, gpu, slot, len(self.gpus), defer_oom=sharing)
-                       for slot, gpu in enumerate(self.gpus)]
-        deferred = self._run_lanes(points, len(points), rows)
+        lanes = [Lane(self.options, self.device_name, gpu, slot, len(self.gpus), defer_oom=sharing)
+                 for slot, gpu in enumerate(self.gpus)]
+        deferred = self._run_lanes(lanes, points, len(points), rows)
         if deferred and not self.stop_requested:
             # The other lanes' workers have ended: each GPU's memory is the one lane's alone.
             gpus = list({gpu.index: gpu for gpu in self.gpus}.values())
             alone = dataclasses.replace(self.options, lanes_per_gpu=1)
-            self._lanes = [Lane(alone, self.device_name, gpu, slot, len(gpus), marks={"alone_after_shared_oom": True})
-                           for slot, gpu in enumerate(gpus)]
-            self._run_lanes(deferred, len(points), rows)
+            lanes = [Lane(alone, self.device_name, gpu, slot, len(gpus), marks={"alone_after_shared_oom": True})
+                     for slot, gpu in enumerate(gpus)]
+            self._run_lanes(lanes, deferred, len(points), rows)
         return rows
 
-    def _run_lanes(self, points: list[PointSpec], total: int, rows: list[dict]) -> list[PointSpec]:
-        """Measures ``points`` over ``self._lanes``, appending the rows written to ``rows``; returns
-        the points the lanes deferred (``UnitDeferred``), in the order they were deferred."""
+    def _run_lanes(self, lanes: list[Lane], points: list[PointSpec], total: int, rows: list[dict]) -> list[PointSpec]:
+        """Measures ``points`` over ``lanes``, appending the rows written to ``rows``; returns the
+        points the lanes deferred (``UnitDeferred``), in the order they were deferred."""
         oom_at = self._stored_oom_lengths()
         work: queue.SimpleQueue = queue.SimpleQueue()
         for variant in split_variants(points):
@@ -107,7 +106,7 @@ class LaneRunner(SweepRunner):
                 events.put(_LaneDone())
 
         threads = [threading.Thread(target=drive, args=(lane,), name=f"lane-gpu{lane.gpu.index}", daemon=True)
-                   for lane in self._lanes]
+                   for lane in lanes]
         for thread in threads:
             thread.start()
         deferred: list[PointSpec] = []
@@ -133,7 +132,7 @@ class LaneRunner(SweepRunner):
                     self._keep(event, rows, total)
         except BaseException:
             self.stop_requested = True
-            for lane in self._lanes:
+            for lane in lanes:
                 lane.abort()
             raise
         finally:
