@@ -12,6 +12,7 @@ import torch
 from models.profiles import get_profile
 from models.registry import REGISTRY
 from profiler.results.store import ResultsStore
+from profiler.run.faults import FAULT_ENV
 from profiler.run.lanes import LaneRunner, gpu_assignment
 from profiler.run.plan import plan_points
 from profiler.run.runner import RunnerOptions, SweepRunner
@@ -152,6 +153,25 @@ def test_lanes_sharing_the_gpu_measure_what_one_lane_measures(tmp_path):
     for row in shared:
         alone = one[row["model"], row["seq_len"]]
         assert row["status"] == alone["status"] == "ok"
+        assert row["peak_allocated_mib"] == alone["peak_allocated_mib"]
+        assert row["time_median_ms"] == pytest.approx(alone["time_median_ms"], rel=0.03)
+
+
+def test_a_point_out_of_memory_beside_other_lanes_is_measured_alone_as_one_lane_measures_it(tmp_path, monkeypatch):
+    # The injected fault strikes only where lanes share the GPU, as a point near the card's memory does
+    points = [p for model in ("sasrec", "convrec-light", "lrurec") for p in cuda_points(model, [200, 500])]
+    one = {(r["model"], r["seq_len"]): r for r in measure(tmp_path, points, name="one.csv")}
+    monkeypatch.setenv(FAULT_ENV, "sasrec[naive] train L=200=oom-shared")
+    store = ResultsStore.create(tmp_path / "shared.csv")
+    with store:
+        shared = LaneRunner(store, RunnerOptions(budget=BUDGET, lanes_per_gpu=3), [gpu_assignment(0)]).run(points)
+    assert sorted((r["model"], r["seq_len"]) for r in shared) == sorted(one)  # each point once
+    for row in shared:
+        alone = one[row["model"], row["seq_len"]]
+        assert row["status"] == alone["status"] == "ok"
+        assert bool(row["alone_after_shared_oom"]) == (row["model"] == "sasrec")  # its whole unit, nothing else
+        assert row["device_name"] == torch.cuda.get_device_name(0)
+        assert row["shared_turn_wait_s"] >= 0
         assert row["peak_allocated_mib"] == alone["peak_allocated_mib"]
         assert row["time_median_ms"] == pytest.approx(alone["time_median_ms"], rel=0.03)
 
