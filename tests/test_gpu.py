@@ -169,9 +169,10 @@ def test_a_point_out_of_memory_beside_other_lanes_is_measured_alone_as_one_lane_
     for row in shared:
         alone = one[row["model"], row["seq_len"]]
         assert row["status"] == alone["status"] == "ok"
-        assert bool(row["alone_after_shared_oom"]) == (row["model"] == "sasrec")  # its whole unit, nothing else
+        assert row.get("alone_after_shared_oom", False) == (row["model"] == "sasrec")  # its whole unit, nothing else
         assert row["device_name"] == torch.cuda.get_device_name(0)
-        assert row["shared_turn_wait_s"] >= 0
+        # measured in the GPU's turns beside other lanes, or alone after them, without turns
+        assert ("shared_turn_wait_s" in row) != row.get("alone_after_shared_oom", False)
         assert row["peak_allocated_mib"] == alone["peak_allocated_mib"]
         assert row["time_median_ms"] == pytest.approx(alone["time_median_ms"], rel=0.03)
 
