@@ -8,8 +8,9 @@ import pytest
 from helpers import synthetic_results
 from typer.testing import CliRunner
 
-from profiler.analysis.compare import compare_runs, ratio_interval
+from profiler.analysis.compare import compare_runs, median_interval_over_points, ratio_interval
 from profiler.cli import app, main
+from profiler.present.comparison import summary_lines
 from profiler.results.record import PointRecord, parse_samples, samples_text
 from profiler.results.store import read_results
 
@@ -55,6 +56,20 @@ def test_an_injected_slowdown_is_flagged_at_exactly_the_points_it_hit():
     # Against the other run, the same injection adds exactly its points to what the runs' drift marks.
     drift = slower(compare_runs(run1, run2))
     assert slower(compare_runs(run1, slowed(run2)[0])) == drift | hit
+
+
+def test_a_slowdown_of_every_point_moves_the_run_as_a_whole_and_one_of_a_few_points_does_not():
+    run1, run2 = read_results(RUN1), read_results(RUN2)
+    moved = compare_runs(run1, slowed(run2, every=1)[0])
+    assert moved.run_time_ratio == pytest.approx(1.3, rel=0.01) and moved.run_time_ci[0] > 1.25
+    assert moved.run_change == "slower"
+    assert "slower beyond 5%: points that move together" in summary_lines(moved)[1]
+    for candidate in (run2, slowed(run2)[0]):  # the runs' own drift; 12 of 106 points 1.3x slower
+        comparison = compare_runs(run1, candidate)
+        low, high = comparison.run_time_ci
+        assert low <= comparison.run_time_ratio <= high and abs(comparison.run_time_ratio - 1) < 0.02
+        assert comparison.run_change == "" and "beyond" not in summary_lines(comparison)[1]
+    assert math.isnan(median_interval_over_points([1.1, 1.2])[0])  # too few points for an interval
 
 
 def test_the_interval_is_from_the_raw_samples():

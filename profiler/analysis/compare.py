@@ -62,6 +62,17 @@ class Comparison:
     only_baseline: list[PointSpec] = field(default_factory=list)
     only_candidate: list[PointSpec] = field(default_factory=list)
     not_ok: list[tuple[PointSpec, str, str]] = field(default_factory=list)  # (point, baseline status, candidate's)
+    # The median of the points' time ratios and its interval, a bootstrap over the points: how far
+    # the run as a whole moved. NaN for fewer than three points.
+    run_time_ratio: float = math.nan
+    run_time_ci: tuple[float, float] = (math.nan, math.nan)
+
+    @property
+    def run_change(self) -> str:
+        """SLOWER or FASTER where the points moved together beyond the threshold, else ''. Points that
+        all move together say more about the host or the GPU's clocks (another hour, another
+        machine) than about each model."""
+        return _change(self.run_time_ratio, self.threshold, SLOWER, FASTER) if _excludes_one(self.run_time_ci) else ""
 
     def count(self, change: str) -> int:
         return sum(change in (p.time_change, p.memory_change) for p in self.points)
@@ -114,6 +125,19 @@ def ratio_interval(baseline, candidate, confidence: float = CONFIDENCE, n_resamp
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+def median_interval_over_points(ratios, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
+                                seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """The median of ``ratios`` (one per point) and its percentile-bootstrap interval, the points
+    resampled; NaN for fewer than three."""
+    ratios = np.asarray([r for r in ratios if math.isfinite(r)], dtype=float)
+    if len(ratios) < 3:
+        return math.nan, (math.nan, math.nan)
+    result = stats.bootstrap((ratios,), lambda r, axis: np.median(r, axis=axis), n_resamples=n_resamples,
+                             vectorized=True, confidence_level=confidence, method="percentile",
+                             rng=np.random.default_rng(seed))
+    return float(np.median(ratios)), (float(result.confidence_interval.low), float(result.confidence_interval.high))
+
+
 def _records(frame: pd.DataFrame) -> dict[PointSpec, tuple[PointRecord, dict]]:
     # A row seen twice (a hand-edited file) counts once, the later one.
     return {record.spec: (record, row) for row in frame.to_dict("records") for record in [PointRecord.from_row(row)]}
@@ -155,4 +179,6 @@ def compare_runs(baseline: pd.DataFrame, candidate: pd.DataFrame, threshold: flo
             time_change=_change(time_ratio, threshold, SLOWER, FASTER) if _excludes_one(time_ci) else "",
             memory_change=_change(memory_ratio, threshold, MORE_MEMORY, LESS_MEMORY),
         ))
+    comparison.run_time_ratio, comparison.run_time_ci = median_interval_over_points(
+        [p.time_ratio for p in comparison.points], confidence, n_resamples, seed)
     return comparison

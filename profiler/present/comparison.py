@@ -77,6 +77,14 @@ def summary_lines(comparison: Comparison) -> list[str]:
         f"{comparison.count('more memory')} more memory, {comparison.count('less memory')} less memory; "
         f"{unchanged}{share} without a change beyond {comparison.threshold:.0%}",
     ]
+    if math.isfinite(comparison.run_time_ratio):
+        low, high = comparison.run_time_ci
+        line = (f"the run as a whole: median time ratio {comparison.run_time_ratio:.3f} [{low:.3f}, {high:.3f}] "
+                "(bootstrap over the points)")
+        if comparison.run_change:
+            line += (f", {comparison.run_change} beyond {comparison.threshold:.0%}: points that move together point "
+                     "at the host or the GPU's clocks, not at each model")
+        lines.append(line)
     if comparison.not_ok:
         shown = ", ".join(f"{spec.label} ({b} / {c})" for spec, b, c in comparison.not_ok[:5])
         more = f" and {len(comparison.not_ok) - 5} more" if len(comparison.not_ok) > 5 else ""
