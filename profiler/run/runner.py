@@ -241,8 +241,7 @@ class Lane:
         self._spares: list[Worker] = []  # the next workers, started while the current one measures
 
     def measure(self, points: list[PointSpec], oom_at: dict[SeriesKey, int],
-                stopped: Callable[[], bool] = lambda: False,
-                ) -> Iterator[PointStarted | PointFinished | UnitDeferred]:
+                stopped: Callable[[], bool] = lambda: False) -> Iterator[PointStarted | PointFinished | UnitDeferred]:
         """Measures ``points`` in order, announcing each as it starts and ends; stops between points
         once ``stopped()``. ``oom_at``: the shortest length that ran out of memory, by series."""
         oom_at = dict(oom_at)
