@@ -2,6 +2,7 @@
 an error while the sweep goes on, Ctrl-C and --resume as for a local sweep, and a one-line error
 without Ray. Deselect with -m "not ray"; `make test` installs Ray and runs them."""
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,7 +26,9 @@ from profiler.results.store import ResultsStore, read_results
 from profiler.run.faults import FAULT_ENV
 from profiler.run.plan import plan_points
 from profiler.run.runner import RunnerOptions, SweepRunner
+from profiler.run.sweep import SweepRequest
 from profiler.trackers.environment import cpu_name
+from profiler.trackers.timing import MeasurementBudget
 
 pytestmark = pytest.mark.ray
 needs_ray = pytest.mark.skipif(ray is None, reason='needs Ray: pip install -e ".[ray]"')
@@ -146,6 +149,24 @@ def test_without_ray_the_ray_backend_is_a_one_line_error(tmp_path, monkeypatch):
         'seqprof: error: the ray backend needs Ray, an optional extra: pip install -e ".[ray]" (or pip install "ray>=2.9")'
     ]
     assert not (tmp_path / "r.csv").exists()
+
+
+@pytest.mark.parametrize("refused, problem", [
+    ({"gpus": [0]}, "--gpus picks GPUs of this host"),
+    ({"memory_snapshot_dir": "snapshots"}, "--memory-snapshot writes its files on this host"),
+])
+def test_without_ray_a_choice_the_ray_backend_refuses_is_named_before_the_missing_extra(
+        tmp_path, monkeypatch, refused, problem):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.delitem(sys.modules, "profiler.run.ray_backend", raising=False)
+    monkeypatch.delattr(profiler.run, "ray_backend", raising=False)
+    if "memory_snapshot_dir" in refused:
+        refused = {"memory_snapshot_dir": tmp_path / refused["memory_snapshot_dir"]}
+    request = SweepRequest(["sasrec"], [8], ["train"], ["naive"], 2, "tiny", "cuda", 0, MeasurementBudget(),
+                           tmp_path / "r.csv", False, 60.0, backend="ray", **refused)
+    with pytest.raises(ValueError, match=f"^{re.escape(problem)}"):
+        request.validate()
+    assert not (tmp_path / "snapshots").exists()
 
 
 @needs_ray

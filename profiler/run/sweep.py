@@ -126,7 +126,6 @@ class SweepRequest:
         if self.backend not in BACKENDS:
             raise ValueError(f"Unknown backend {self.backend!r}; choose from {list(BACKENDS)}")
         if self.backend == "ray":
-            ray_backend()
             if self.gpus is not None:
                 raise ValueError("--gpus picks GPUs of this host; with --backend ray the cluster gives each task its GPU")
         elif self.gpus is not None and self.device != "cuda":
@@ -160,6 +159,9 @@ class SweepRequest:
             if self.backend == "ray":
                 raise ValueError("--memory-snapshot writes its files on this host; with --backend ray the points "
                                  "run on the cluster's nodes")
+        if self.backend == "ray":
+            ray_backend()  # after the options: installing Ray should not be the way to learn a choice is refused
+        if self.memory_snapshot_dir is not None:
             prepare_folder(self.memory_snapshot_dir)  # last: nothing else stops the sweep once it exists
 
     def plan(self) -> list[PointSpec]:
