@@ -138,10 +138,14 @@ def test_ctrl_c_stops_a_ray_sweep_after_the_points_in_flight_and_resume_complete
     assert len(frame) == 6 and not frame.duplicated(KEY).any() and set(frame["status"]) == {"ok"}
 
 
-def test_without_ray_the_ray_backend_is_a_one_line_error(tmp_path, monkeypatch):
+@pytest.fixture
+def without_ray(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without the extra has
     monkeypatch.delitem(sys.modules, "profiler.run.ray_backend", raising=False)
     monkeypatch.delattr(profiler.run, "ray_backend", raising=False)
+
+
+def test_without_ray_the_ray_backend_is_a_one_line_error(tmp_path, without_ray):
     result = CliRunner().invoke(app, ["sweep", "--backend", "ray", "--models", "sasrec", "--lengths", "8",
                                       "--out", str(tmp_path / "r.csv"), *FAST_FLAGS])
     assert result.exit_code == 2
@@ -152,18 +156,14 @@ def test_without_ray_the_ray_backend_is_a_one_line_error(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("refused, problem", [
-    ({"gpus": [0]}, "--gpus picks GPUs of this host"),
-    ({"memory_snapshot_dir": "snapshots"}, "--memory-snapshot writes its files on this host"),
+    ("gpus", "--gpus picks GPUs of this host"),
+    ("memory_snapshot_dir", "--memory-snapshot writes its files on this host"),
 ])
 def test_without_ray_a_choice_the_ray_backend_refuses_is_named_before_the_missing_extra(
-        tmp_path, monkeypatch, refused, problem):
-    monkeypatch.setitem(sys.modules, "ray", None)
-    monkeypatch.delitem(sys.modules, "profiler.run.ray_backend", raising=False)
-    monkeypatch.delattr(profiler.run, "ray_backend", raising=False)
-    if "memory_snapshot_dir" in refused:
-        refused = {"memory_snapshot_dir": tmp_path / refused["memory_snapshot_dir"]}
+        tmp_path, without_ray, refused, problem):
+    value = {"gpus": [0], "memory_snapshot_dir": tmp_path / "snapshots"}[refused]
     request = SweepRequest(["sasrec"], [8], ["train"], ["naive"], 2, "tiny", "cuda", 0, MeasurementBudget(),
-                           tmp_path / "r.csv", False, 60.0, backend="ray", **refused)
+                           tmp_path / "r.csv", False, 60.0, backend="ray", **{refused: value})
     with pytest.raises(ValueError, match=f"^{re.escape(problem)}"):
         request.validate()
     assert not (tmp_path / "snapshots").exists()
