@@ -28,7 +28,7 @@ from profiler.results.schema import MODES
 from profiler.results.store import read_many, read_results
 from profiler.run.plugins import model_name
 from profiler.run.precision import DTYPES
-from profiler.run.runner import SweepEvents
+from profiler.run.runner import DEFAULT_SPARE_WORKERS, SweepEvents
 from profiler.run.sweep import SweepRequest, defaults_for, open_store, run_sweep
 from profiler.trackers.environment import resolve_device
 from profiler.trackers.timing import budget_with
@@ -95,7 +95,7 @@ def sweep(
     point_timeout_s: float = 900.0,
     fresh_worker_per_point: bool = False,
     pin_cpu: bool = True,
-    spare_workers: int = 1,
+    spare_workers: int = DEFAULT_SPARE_WORKERS,
     lanes_per_gpu: int = 1,
 ) -> pd.DataFrame:
     """Measures every point of ``models`` x ``lengths`` x modes (x backends, x dtypes) and returns the

@@ -14,11 +14,13 @@ from models.registry import REGISTRY
 from profiler.results.store import ResultsStore
 from profiler.run.faults import FAULT_ENV
 from profiler.run.lanes import LaneRunner, gpu_assignment
+from profiler.run.oom import may_fit_alone, oom_columns
 from profiler.run.plan import plan_points
 from profiler.run.runner import RunnerOptions, SweepRunner
 from profiler.run.snapshots import prepare_folder, snapshot_name
 from profiler.run.workload import build_workload
 from profiler.trackers.timing import MeasurementBudget
+from profiler.units import MIB
 
 pytestmark = [
     pytest.mark.gpu,
@@ -53,6 +55,9 @@ def test_the_point_after_an_oom_matches_the_same_point_measured_alone(tmp_path):
     points = cuda_points("sasrec", [400, 40_000, 50_000]) + cuda_points("sasrec", [400], mode="infer")
     rows = measure(tmp_path, points)
     assert [r["status"] for r in rows] == ["ok", "oom", "skipped", "ok"]
+    # Beside the spares, but larger than the whole card: the OOM stands, not measured again.
+    assert rows[1]["oom_request_mib"] > rows[1]["oom_room_alone_mib"] > 0
+    assert not rows[1].get("alone_after_shared_oom")
     alone = measure(tmp_path, cuda_points("sasrec", [400], mode="infer"), name="alone.csv")[0]
     assert rows[3]["peak_allocated_mib"] == pytest.approx(alone["peak_allocated_mib"], rel=0.02)
     assert rows[3]["nvml_peak_mib"] == pytest.approx(alone["nvml_peak_mib"], rel=0.02)
@@ -62,6 +67,17 @@ def _growth(rows, column):
     """Second difference ratio: (y(4L) - y(2L)) / (y(2L) - y(L)); 2 for linear, 4 for quadratic."""
     a, b, c = (r[column] for r in rows)
     return (c - b) / (b - a)
+
+
+def test_the_allocators_out_of_memory_error_names_the_request_and_the_room_the_card_alone_leaves():
+    total_mib = torch.cuda.get_device_properties(0).total_memory / MIB
+    torch.zeros(1, device="cuda")  # this process's context: what it holds when the request fails
+    with pytest.raises(torch.OutOfMemoryError) as failed:
+        torch.empty(int(total_mib + 1024) * MIB, dtype=torch.uint8, device="cuda")
+    columns = oom_columns(str(failed.value))
+    assert columns["oom_request_mib"] == pytest.approx(total_mib + 1024, rel=0.001)
+    assert total_mib - 4096 < columns["oom_room_alone_mib"] < total_mib
+    assert not may_fit_alone(columns)
 
 
 def test_sdpa_memory_grows_linearly_and_naive_quadratically_on_cuda(tmp_path):

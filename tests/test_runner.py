@@ -12,6 +12,7 @@ from profiler.results.store import ResultsStore, read_results
 from profiler.run import runner as runner_module
 from profiler.run import worker as worker_module
 from profiler.run.faults import FAULT_ENV, START
+from profiler.run.oom import may_fit_alone, oom_columns
 from profiler.run.plan import plan_points
 from profiler.run.runner import Lane, RunnerOptions, SweepRunner, Worker, WorkerDied
 
@@ -281,3 +282,73 @@ def test_a_retried_variant_takes_the_spare_needed_last_and_the_next_keeps_its_ow
     assert started[1].prime == points[2] and started[1].measured == points[2:4]
     primed_for_linrec = [worker for worker in started[3:] if worker.prime == points[4]]
     assert len(primed_for_linrec) == 1 and primed_for_linrec[0].measured == points[4:6]
+
+
+# What PyTorch's caching allocator raises, with the sizes of an OOM that the card alone has room for
+# (1 GiB asked where the card less this process leaves 1.19 GiB) and one it has not (2 GiB).
+def allocator_message(request: str, held: str) -> str:
+    return (f"CUDA out of memory. Tried to allocate {request}. GPU 0 has a total capacity of 79.19 GiB of which "
+            f"204.06 MiB is free. Process 4711 has 830.00 MiB memory in use. Including non-PyTorch memory, this "
+            f"process has {held} memory in use. Of the allocated memory 76.10 GiB is allocated by PyTorch, and "
+            "1.20 GiB is reserved by PyTorch but unallocated.")
+
+
+def test_an_allocator_oom_names_the_request_and_the_room_the_card_alone_leaves_it():
+    columns = oom_columns(allocator_message("1.00 GiB", "78.00 GiB"))
+    assert columns == pytest.approx({"oom_request_mib": 1024.0, "oom_room_alone_mib": 1.19 * 1024})
+    assert may_fit_alone(columns)  # 1.00 GiB into 1.19 GiB: the other process's 830 MiB was in the way
+    assert not may_fit_alone(oom_columns(allocator_message("2.00 GiB", "78.00 GiB")))
+    assert oom_columns(allocator_message("300.00 MiB", "78.90 GiB"))["oom_request_mib"] == 300.0
+    # Within the message's rounding of the room: taken to have fitted.
+    assert may_fit_alone({"oom_request_mib": 1224.0, "oom_room_alone_mib": 1218.6})
+    assert oom_columns("injected out-of-memory") == {} and may_fit_alone({})
+
+
+def lane_with_an_oom_at(points, failing, first_message, spare_workers=2):
+    """A lane of stand-in workers: the first measurement of ``failing`` runs out of memory with
+    ``first_message``; its measurement again, and every other point, is ok."""
+    attempts = []
+
+    class OutOfMemoryOnce(_StartedWorker):
+        def measure(self, point, *args, **kwargs):
+            super().measure(point, *args, **kwargs)
+            if point == failing:
+                attempts.append(self)
+                if len(attempts) == 1:
+                    return {"status": "oom", "error": "OutOfMemoryError: CUDA out of memory",
+                            **oom_columns(first_message)}
+            return {"status": "ok"}
+
+        def kill(self):
+            self.killed = True
+
+    _StartedWorker.started = []
+    lane = Lane(RunnerOptions(spare_workers=spare_workers))
+    return lane, attempts, OutOfMemoryOnce
+
+
+def test_an_oom_beside_spares_that_the_card_alone_might_hold_is_measured_again_without_them(monkeypatch):
+    points = plan_points(["sasrec", "caser", "linrec"], [50, 200], ["train"], ["naive"], 8, None, "cuda")
+    lane, attempts, worker_class = lane_with_an_oom_at(points, points[1], allocator_message("1.00 GiB", "78.00 GiB"))
+    monkeypatch.setattr(runner_module, "Worker", worker_class)
+    rows = [event.row for event in lane.measure(points, {}) if isinstance(event, runner_module.PointFinished)]
+    assert [row["status"] for row in rows] == ["ok"] * 6
+    first, spares = _StartedWorker.started[0], _StartedWorker.started[1:3]
+    assert attempts[0] is first and all(getattr(spare, "killed", False) for spare in spares)
+    assert len(attempts) == 2 and attempts[1] not in (first, *spares) and attempts[1].prime == points[1]
+    assert rows[1]["alone_after_shared_oom"] is True and rows[1]["worker_fresh"] is True
+    assert not any(row.get("alone_after_shared_oom") for row in rows[:1] + rows[2:])
+
+
+@pytest.mark.parametrize("message, spare_workers", [
+    (allocator_message("2.00 GiB", "78.00 GiB"), 2),  # more than the card alone would have left
+    (allocator_message("1.00 GiB", "78.00 GiB"), 0),  # no spare on the GPU
+])
+def test_an_oom_stands_where_no_spare_held_memory_it_could_have_used(monkeypatch, message, spare_workers):
+    points = plan_points(["sasrec", "caser"], [50, 200], ["train"], ["naive"], 8, None, "cuda")
+    lane, attempts, worker_class = lane_with_an_oom_at(points, points[1], message, spare_workers)
+    monkeypatch.setattr(runner_module, "Worker", worker_class)
+    rows = [event.row for event in lane.measure(points, {}) if isinstance(event, runner_module.PointFinished)]
+    assert [row["status"] for row in rows] == ["ok", "oom", "ok", "ok"]
+    assert len(attempts) == 1 and not rows[1].get("alone_after_shared_oom")
+    assert rows[1]["oom_request_mib"] == float(message.split("allocate ")[1].split(" GiB")[0]) * 1024

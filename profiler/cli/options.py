@@ -72,7 +72,7 @@ MAX_BATCH_SIZE = 2**20
 MAX_SEED = 2**32 - 1
 MAX_REPS = 10**6
 MAX_WARMUP_STEPS = 10**4
-MAX_SPARE_WORKERS = 8  # each holds a CUDA context (about 0.5 GiB) while it waits
+MAX_SPARE_WORKERS = 8  # each holds a CUDA context (about 0.8 GiB) while it waits
 MAX_LANES_PER_GPU = 8  # each lane holds a worker and its spares
 MAX_THREADS = 1024
 

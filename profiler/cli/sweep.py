@@ -15,7 +15,7 @@ from profiler.cli.common import console, draw_figures, fail, out, plots_dir_for
 from profiler.present.display import SweepProgress, outcome_counts, phase_breakdown, summary_table
 from profiler.results.store import ResultsFileError, ResultsStore
 from profiler.run.plugins import check_unchanged
-from profiler.run.runner import SweepEvents
+from profiler.run.runner import DEFAULT_SPARE_WORKERS, SweepEvents
 from profiler.run.sweep import (
     SweepRequest,
     default_results_path,
@@ -80,7 +80,8 @@ def sweep(
     spare_workers: Annotated[int, typer.Option(
         parser=options.integer(0, options.MAX_SPARE_WORKERS), metavar="N",
         help="On CUDA, workers started ahead of need, each priming itself for one of the next model variants "
-        "while the current one measures; 0 starts each when it is needed.")] = 1,
+        "while the current one measures, each holding a CUDA context (about 0.8 GiB); 0 starts each "
+        "when it is needed.")] = DEFAULT_SPARE_WORKERS,
     lanes_per_gpu: Annotated[int, typer.Option(
         parser=options.integer(1, options.MAX_LANES_PER_GPU), metavar="N",
         help="On CUDA, lanes sharing each GPU: they measure one at a time, in the GPU's turns, and overlap "

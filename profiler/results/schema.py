@@ -141,9 +141,11 @@ COLUMNS = [
     "point_wall_s", "prime_s", "peak_rate_s", "build_s", "probe_s", "steps_s", "measured_wall_s", "worker_pid", "worker_cpu", "worker_fresh", "worker_start_s", "finished_at",
     # lanes sharing a GPU (--lanes-per-gpu): the seconds this point waited for the GPU's exclusive
     # turns (to be timed) and for its shared ones (to build, probe and compile: behind a measurement
-    # or a lane waiting for one), and whether the row was measured after the lanes, with the GPU
-    # alone, because the point ran out of memory beside the other lanes' models (profiler/run/lanes.py)
-    "turn_wait_s", "shared_turn_wait_s", "alone_after_shared_oom",
+    # or a lane waiting for one); whether the row was measured again with no other worker of the
+    # sweep on the GPU, because the point ran out of memory beside the other lanes' models
+    # (profiler/run/lanes.py) or beside spare workers (profiler/run/runner.py); and for an OOM, the
+    # allocation that failed and the room the card alone would have left it (profiler/run/oom.py)
+    "turn_wait_s", "shared_turn_wait_s", "alone_after_shared_oom", "oom_request_mib", "oom_room_alone_mib",
     # the GPU that measured the point: its index on its host (as --gpus names it) and NVML's UUID
     "gpu_index", "gpu_uuid",
     # raw samples, last because they are long

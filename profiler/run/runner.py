@@ -3,7 +3,8 @@
 Points of one model variant share a worker (a fresh process with its own CUDA context) until a
 point ends in anything but ``ok``; then the worker is retired and the next point gets a fresh one.
 After an OOM, the longer lengths of that series are recorded as skipped, as are the points of a mode
-a model cannot run (infer without predict, for a plug-in). A stop request (Ctrl-C, SIGTERM, SIGHUP)
+a model cannot run (infer without predict, for a plug-in). An OOM beside spare workers that the card
+alone might have had room for is measured again with no spare on the GPU. A stop request (Ctrl-C, SIGTERM, SIGHUP)
 takes effect between points, so the point in flight is kept.
 
 A ``Lane`` holds that rule for one device; ``SweepRunner`` drives one lane in order (the CPU, one
@@ -23,9 +24,15 @@ from typing import Callable, Iterator
 from models.profiles import get_profile
 from profiler.results.schema import PointSpec, SeriesKey, oom_note
 from profiler.results.store import ResultsStore
+from profiler.run.oom import may_fit_alone
 from profiler.run.plugins import plugin_columns, resolve_spec, unsupported
 from profiler.run.worker import WORKER_HELD_SIGNALS, GpuAssignment, point_message, priming_key, worker_main
 from profiler.trackers.timing import MeasurementBudget
+
+# On CUDA, workers started ahead of need, each primed for one of the next model variants. On the
+# H200 the default sweep took 221 s with one and 143 s with three: its fast models (a second or so
+# for all their points) outrun a worker's start (imports, CUDA context, priming: 9 to 25 s).
+DEFAULT_SPARE_WORKERS = 3
 
 
 @dataclass(frozen=True)
@@ -36,8 +43,7 @@ class RunnerOptions:
     pin_cpu: bool = True  # on CUDA: one core for the worker (see worker_main)
     threads: int = 1  # torch's intra-op threads in the worker
     memory_snapshot_dir: Path | None = None  # on CUDA, a memory snapshot of every point goes here
-    # On CUDA, workers started ahead of need, each primed for one of the next model variants.
-    spare_workers: int = 1
+    spare_workers: int = DEFAULT_SPARE_WORKERS
     # Lanes on each GPU; more than one measure in the GPU's turns (profiler/run/turns.py).
     lanes_per_gpu: int = 1
 
@@ -295,9 +301,22 @@ class Lane:
             self._retire_worker()
             self._worker = self._take_worker(point, self._next_worker_points(point, upcoming))
             self._worker_group = group
-        worker = self._worker
-        fresh = worker.points_measured == 0
         started = time.perf_counter()
+        record = self._measure_in(self._worker, point)
+        if record["status"] == "oom" and self._spares and not self.defer_oom and may_fit_alone(record):
+            # Each spare holds a CUDA context on the GPU (about 0.8 GiB), memory the point may have
+            # needed: measured again with none there, as the card alone would run it.
+            self._retire_worker()
+            self._drop_spares()
+            self._worker, self._worker_group = self._new_worker(point.device, point), group
+            record = {**self._measure_in(self._worker, point), "alone_after_shared_oom": True}
+        if record["status"] != "ok":
+            self._retire_worker()  # a fresh process for whatever comes next
+        return point_row(point, record, time.perf_counter() - started, self.device_name)
+
+    def _measure_in(self, worker: Worker, point: PointSpec) -> dict:
+        """The worker's record of ``point``; a worker that dies or overruns makes it an error."""
+        fresh = worker.points_measured == 0
         try:
             record = worker.measure(point, self.options.budget, self.options.point_timeout_s,
                                     memory_snapshot_dir=self.options.memory_snapshot_dir)
@@ -306,9 +325,13 @@ class Lane:
         record["worker_fresh"] = fresh
         if fresh:
             record["worker_start_s"] = worker.start_s
-        if record["status"] != "ok":
-            self._retire_worker()  # a fresh process for whatever comes next
-        return point_row(point, record, time.perf_counter() - started, self.device_name)
+        return record
+
+    def _drop_spares(self) -> None:
+        """Ends the spares now, starting or waiting: the GPU memory their contexts hold is freed."""
+        for spare in self._spares:
+            spare.kill()
+        self._spares = []
 
     def _new_worker(self, device: str, prime: PointSpec | None = None) -> Worker:
         """On CUDA the worker is pinned to its lane's core; on the CPU the step needs every core."""

@@ -14,7 +14,7 @@ from profiler.run.lanes import LaneRunner, gpu_assignment
 from profiler.run.plan import plan_points
 from profiler.run.plugins import check_unchanged, resolve_spec
 from profiler.run.precision import DTYPES
-from profiler.run.runner import RunnerOptions, SweepEvents, SweepRunner
+from profiler.run.runner import DEFAULT_SPARE_WORKERS, RunnerOptions, SweepEvents, SweepRunner
 from profiler.run.snapshots import prepare_folder
 from profiler.trackers.environment import collect_environment, resolve_device, visible_gpu_count
 from profiler.trackers.timing import MeasurementBudget
@@ -118,7 +118,7 @@ class SweepRequest:
     gpus: list[int] | None = None  # GPUs of this host to spread the points over; None: every visible one
     backend: str = "local"
     memory_snapshot_dir: Path | None = None  # a memory snapshot of every point goes here (CUDA only)
-    spare_workers: int = 1  # on CUDA, workers started and primed ahead of need
+    spare_workers: int = DEFAULT_SPARE_WORKERS  # on CUDA, workers started and primed ahead of need
     lanes_per_gpu: int = 1  # more than one measure in the GPU's turns and overlap the rest
 
     def validate(self) -> None:

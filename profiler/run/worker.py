@@ -18,6 +18,7 @@ import torch
 from profiler.results.schema import PointSpec
 from profiler.run.faults import FAULT_ENV, inject_start_fault, with_injected_faults
 from profiler.run.measure import measure_point, prime_process
+from profiler.run.oom import oom_columns
 from profiler.run.precision import matmul_arithmetic
 from profiler.run.turns import NO_TURNS, GpuTurns, NoTurns, turn_lock_path
 from profiler.trackers.peak_rate import PeakRateCache, PeakRates
@@ -123,6 +124,8 @@ def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, pri
         status = "oom" if _is_out_of_memory(exc) else "error"
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         record = {"status": status, "error": f"{type(exc).__name__}: {message}"}
+        if status == "oom" and point.device == "cuda" and memory_limit_mib is None:
+            record.update(oom_columns(str(exc)))  # whether the card alone had room for it
         if status == "error":
             record["traceback"] = traceback.format_exc(limit=8)
     finally:
