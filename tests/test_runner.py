@@ -333,10 +333,12 @@ def test_an_oom_beside_spares_that_the_card_alone_might_hold_is_measured_again_w
     monkeypatch.setattr(runner_module, "Worker", worker_class)
     rows = [event.row for event in lane.measure(points, {}) if isinstance(event, runner_module.PointFinished)]
     assert [row["status"] for row in rows] == ["ok"] * 6
-    first, spares = _StartedWorker.started[0], _StartedWorker.started[1:3]
-    assert attempts[0] is first and all(getattr(spare, "killed", False) for spare in spares)
-    assert len(attempts) == 2 and attempts[1] not in (first, *spares) and attempts[1].prime == points[1]
+    first, for_caser, for_linrec = _StartedWorker.started[:3]
+    assert (for_caser.prime, for_linrec.prime) == (points[2], points[4])
+    # Measured again in the spare needed last, the other spare ended first: one worker on the GPU
+    assert attempts == [first, for_linrec] and for_caser.killed and not getattr(for_linrec, "killed", False)
     assert rows[1]["alone_after_shared_oom"] is True and rows[1]["worker_fresh"] is True
+    assert points[2] not in for_caser.measured and points[2] in _StartedWorker.started[3].measured
     assert not any(row.get("alone_after_shared_oom") for row in rows[:1] + rows[2:])
 
 

@@ -305,10 +305,12 @@ class Lane:
         record = self._measure_in(self._worker, point)
         if record["status"] == "oom" and self._spares and not self.defer_oom and may_fit_alone(record):
             # Each spare holds a CUDA context on the GPU (about 0.8 GiB), memory the point may have
-            # needed: measured again with none there, as the card alone would run it.
+            # needed: measured again with no other worker there, as the card alone would run it. The
+            # spare needed last measures it (it primes again for the point) rather than a new
+            # worker: one context either way, without seconds of start-up.
             self._retire_worker()
+            self._worker, self._worker_group = self._spares.pop(), group
             self._drop_spares()
-            self._worker, self._worker_group = self._new_worker(point.device, point), group
             record = {**self._measure_in(self._worker, point), "alone_after_shared_oom": True}
         if record["status"] != "ok":
             self._retire_worker()  # a fresh process for whatever comes next
