@@ -7,16 +7,16 @@ allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 3.2 GiB is f
 Including non-PyTorch memory, this process has 76.00 GiB memory in use." An allocation larger than
 the capacity less what this process held would have failed with every other process gone: that out
 of memory is the model's. A smaller one may have fitted, and the runner measures the point again
-with no spare on the GPU (profiler/run/runner.py).
+with one worker on the GPU, the spares ended (profiler/run/runner.py).
 """
 import re
 
-from profiler.units import MIB
+from profiler.units import MIB, MIB_PER_GIB
 
 # The allocator writes sizes with two decimals: a figure is off by at most half a unit of its last
 # digit, 5 MiB for GiB figures; a request within this of the room left is taken to have fitted.
 ROUNDING_MIB = 16.0
-_UNIT_MIB = {"bytes": 1 / MIB, "KiB": 1 / 1024, "MiB": 1.0, "GiB": 1024.0, "TiB": 1024.0**2}
+_UNIT_MIB = {"bytes": 1 / MIB, "KiB": 1 / MIB_PER_GIB, "MiB": 1.0, "GiB": MIB_PER_GIB, "TiB": MIB_PER_GIB**2}
 _SIZE = r"([0-9.]+) (bytes|KiB|MiB|GiB|TiB)"
 _REQUEST = re.compile(rf"Tried to allocate {_SIZE}")
 _CAPACITY = re.compile(rf"total capacity of {_SIZE}")

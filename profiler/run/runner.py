@@ -4,8 +4,8 @@ Points of one model variant share a worker (a fresh process with its own CUDA co
 point ends in anything but ``ok``; then the worker is retired and the next point gets a fresh one.
 After an OOM, the longer lengths of that series are recorded as skipped, as are the points of a mode
 a model cannot run (infer without predict, for a plug-in). An OOM beside spare workers that the card
-alone might have had room for is measured again with no spare on the GPU. A stop request (Ctrl-C, SIGTERM, SIGHUP)
-takes effect between points, so the point in flight is kept.
+alone might have had room for is measured again by one of them, the others ended first. A stop
+request (Ctrl-C, SIGTERM, SIGHUP) takes effect between points, so the point in flight is kept.
 
 A ``Lane`` holds that rule for one device; ``SweepRunner`` drives one lane in order (the CPU, one
 GPU). ``lanes.py`` drives one lane per GPU of the host, ``ray_backend.py`` lanes in Ray tasks; in
