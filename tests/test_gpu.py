@@ -58,6 +58,8 @@ def test_the_point_after_an_oom_matches_the_same_point_measured_alone(tmp_path):
     # Beside the spares, but larger than the whole card: the OOM stands, not measured again.
     assert rows[1]["oom_request_mib"] > rows[1]["oom_room_alone_mib"] > 0
     assert not rows[1].get("alone_after_shared_oom")
+    # Measured by the worker that ran out of memory, which freed what that point held.
+    assert rows[3]["worker_pid"] == rows[1]["worker_pid"] and not rows[3]["worker_fresh"]
     alone = measure(tmp_path, cuda_points("sasrec", [400], mode="infer"), name="alone.csv")[0]
     assert rows[3]["peak_allocated_mib"] == pytest.approx(alone["peak_allocated_mib"], rel=0.02)
     assert rows[3]["nvml_peak_mib"] == pytest.approx(alone["nvml_peak_mib"], rel=0.02)

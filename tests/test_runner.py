@@ -40,6 +40,10 @@ def test_an_oom_is_a_result_and_skips_the_longer_lengths_of_its_series(tmp_path,
     skipped = frame[frame["status"] == "skipped"]
     assert (skipped["error"] == "OOM at L=12").all()
     assert frame.loc[frame["status"] == "oom", "error"].str.contains("injected out-of-memory").all()
+    # An OOM is a result, not a broken process: the worker that ran out of memory measures on.
+    measured = frame[frame["status"].isin(["ok", "oom"])]
+    assert measured["worker_pid"].nunique() == 1
+    assert not frame.loc[(frame["mode"] == "infer") & (frame["seq_len"] == 8), "worker_fresh"].item()
 
 
 @pytest.mark.parametrize(
@@ -340,6 +344,30 @@ def test_an_oom_beside_spares_that_the_card_alone_might_hold_is_measured_again_w
     assert rows[1]["alone_after_shared_oom"] is True and rows[1]["worker_fresh"] is True
     assert points[2] not in for_caser.measured and points[2] in _StartedWorker.started[3].measured
     assert not any(row.get("alone_after_shared_oom") for row in rows[:1] + rows[2:])
+
+
+def test_spares_start_again_right_after_a_measurement_alone_for_the_variants_to_come(monkeypatch):
+    points = plan_points(["sasrec", "caser", "linrec"], [50, 200], ["train"], ["naive"], 8, None, "cuda")
+    lane, attempts, worker_class = lane_with_an_oom_at(points, points[0], allocator_message("1.00 GiB", "78.00 GiB"))
+    events = []
+
+    class Logged(worker_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            events.append(("started", self.prime))
+
+        def measure(self, point, *args, **kwargs):
+            events.append(("measured", point))
+            return super().measure(point, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "Worker", Logged)
+    rows = [event.row for event in lane.measure(points, {}) if isinstance(event, runner_module.PointFinished)]
+    assert [row["status"] for row in rows] == ["ok"] * 6 and rows[0]["alone_after_shared_oom"] is True
+    retried_at = [index for index, event in enumerate(events) if event == ("measured", points[0])][1]
+    # Primed for caser and linrec while sasrec's second length is measured, not when caser's turn comes.
+    assert events[retried_at + 1:retried_at + 4] == [("started", points[2]), ("started", points[4]),
+                                                     ("measured", points[1])]
+    assert attempts[1].measured == points[:2]  # the retrying spare serves the rest of its variant
 
 
 @pytest.mark.parametrize("message, spare_workers", [

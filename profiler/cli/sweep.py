@@ -107,6 +107,8 @@ def sweep(
         "written to DIR as a pickle that https://pytorch.org/memory_viz opens; created if missing.")] = None,
 ) -> None:
     """Measure memory and time per step over a grid of models and lengths."""
+    if resume and out_path is None:  # before the device: resolving a Ray cluster's takes seconds
+        fail("--resume needs --out, the results file to continue")
     try:
         resolved_device = resolve_sweep_device(device, backend)
     except ValueError as exc:
@@ -114,8 +116,6 @@ def sweep(
     defaults = defaults_for(resolved_device)
     budget = measurement_budget(defaults.budget, target_ci=target_ci, time_budget_s=time_budget_s, min_reps=min_reps,
                                 max_reps=max_reps, warmup=warmup, max_warmup=max_warmup)
-    if resume and out_path is None:
-        fail("--resume needs --out, the results file to continue")
     # Locked before it is read: the options recorded in its sidecar and its rows are those no
     # other sweep is changing.
     resumed = open_or_fail(out_path) if resume else None

@@ -1,10 +1,11 @@
 """Runs a plan of points through worker processes and stores every result as it arrives.
 
 Points of one model variant share a worker (a fresh process with its own CUDA context) until a
-point ends in anything but ``ok``; then the worker is retired and the next point gets a fresh one.
-After an OOM, the longer lengths of that series are recorded as skipped, as are the points of a mode
-a model cannot run (infer without predict, for a plug-in). An OOM beside spare workers that the card
-alone might have had room for is measured again by one of them, the others ended first. A stop
+point ends in an error; then the worker is retired and the next point gets a fresh one. An OOM is
+a result, not a fault of the process: its worker frees what the point held and serves on, and the
+longer lengths of that series are recorded as skipped, as are the points of a mode a model cannot
+run (infer without predict, for a plug-in). An OOM beside spare workers that the card alone might
+have had room for is measured again by one of them, the others ended first. A stop
 request (Ctrl-C, SIGTERM, SIGHUP) takes effect between points, so the point in flight is kept.
 
 A ``Lane`` holds that rule for one device; ``SweepRunner`` drives one lane in order (the CPU, one
@@ -224,8 +225,8 @@ class Lane:
     """Measures points on one device, one worker process at a time: the rule of a series, shared by
     every way of running a sweep (in order here, on several GPUs, on a Ray cluster).
 
-    Points of one model variant share a worker until one ends in anything but ``ok``; after an OOM
-    the longer lengths of that series are skipped. ``slot`` numbers this lane among the ``slots``
+    Points of one model variant share a worker until one ends in an error; after an OOM the longer
+    lengths of that series are skipped. ``slot`` numbers this lane among the ``slots``
     lanes of the host, which measure on different cores. ``defer_oom``: an OOM ends the points
     handed over instead (``UnitDeferred``), as where other lanes share the GPU's memory; ``marks``:
     columns every row of this lane carries.
@@ -312,8 +313,13 @@ class Lane:
             self._worker, self._worker_group = self._spares.pop(), group
             self._drop_spares()
             record = {**self._measure_in(self._worker, point), "alone_after_shared_oom": True}
-        if record["status"] != "ok":
-            self._retire_worker()  # a fresh process for whatever comes next
+            # Spares again for the variants to come: without them each would wait for a start.
+            self._top_up_spares(point.device, self._next_worker_points(point, upcoming))
+        if record["status"] not in ("ok", "oom"):
+            # An error may leave a broken context (a device-side assert) or a dead process. After an
+            # OOM the worker has freed the point's memory and emptied its cache (worker.measure_safely);
+            # the next point's figures start from there, as after an ok point.
+            self._retire_worker()
         return point_row(point, record, time.perf_counter() - started, self.device_name)
 
     def _measure_in(self, worker: Worker, point: PointSpec) -> dict:

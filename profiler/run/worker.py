@@ -1,8 +1,9 @@
 """The worker process: measures the points it is sent, one at a time, in its own CUDA context.
 
 It answers each point with a record whose ``status`` is ``ok``, ``oom`` (a result: the point does
-not fit) or ``error`` (with the message). The runner retires a worker after anything but ``ok``, so
-a failed point never leaves fragments or a broken context to the next one.
+not fit) or ``error`` (with the message). After every point it frees what the point held and empties
+the allocator's cache, so an OOM leaves nothing to the next point; the runner retires a worker
+after an error, which may leave a broken context.
 """
 import ctypes
 import gc
