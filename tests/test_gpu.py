@@ -16,7 +16,7 @@ from profiler.run.faults import FAULT_ENV
 from profiler.run.lanes import LaneRunner, gpu_assignment
 from profiler.run.oom import may_fit_alone, oom_columns
 from profiler.run.plan import plan_points
-from profiler.run.runner import RunnerOptions, SweepRunner
+from profiler.run.runner import HELD_AFTER_LIMIT_MIB, RunnerOptions, SweepRunner
 from profiler.run.snapshots import prepare_folder, snapshot_name
 from profiler.run.workload import build_workload
 from profiler.trackers.timing import MeasurementBudget
@@ -58,11 +58,30 @@ def test_the_point_after_an_oom_matches_the_same_point_measured_alone(tmp_path):
     # Beside the spares, but larger than the whole card: the OOM stands, not measured again.
     assert rows[1]["oom_request_mib"] > rows[1]["oom_room_alone_mib"] > 0
     assert not rows[1].get("alone_after_shared_oom")
-    # Measured by the worker that ran out of memory, which freed what that point held.
+    # Measured by the worker that ran out of memory: the failed allocation was its first large one,
+    # and the worker freed what that point held.
+    assert rows[1]["held_after_mib"] <= HELD_AFTER_LIMIT_MIB
     assert rows[3]["worker_pid"] == rows[1]["worker_pid"] and not rows[3]["worker_fresh"]
     alone = measure(tmp_path, cuda_points("sasrec", [400], mode="infer"), name="alone.csv")[0]
     assert rows[3]["peak_allocated_mib"] == pytest.approx(alone["peak_allocated_mib"], rel=0.02)
     assert rows[3]["nvml_peak_mib"] == pytest.approx(alone["nvml_peak_mib"], rel=0.02)
+
+
+def test_a_point_after_an_oom_that_left_memory_held_matches_the_same_point_measured_alone(tmp_path):
+    # CosRec's training at L = 500, batch 128, needs its L x L grid's activations, hundreds of GiB:
+    # past any one GPU. It fails late in the step, and the tensors allocated before the failure have
+    # been seen to stay alive in its worker (tens of GiB); no spare, so nothing measures it again.
+    points = cuda_points("cosrec", [500]) + cuda_points("cosrec", [50], mode="infer")
+    failed, after = measure(tmp_path, points, spare_workers=0)
+    assert (failed["status"], after["status"]) == ("oom", "ok")
+    if failed["held_after_mib"] > HELD_AFTER_LIMIT_MIB:
+        assert after["worker_fresh"] and after["worker_pid"] != failed["worker_pid"]
+    else:
+        assert after["worker_pid"] == failed["worker_pid"]
+    assert after["held_after_mib"] <= HELD_AFTER_LIMIT_MIB
+    alone = measure(tmp_path, cuda_points("cosrec", [50], mode="infer"), name="alone.csv")[0]
+    assert after["peak_allocated_mib"] == pytest.approx(alone["peak_allocated_mib"], rel=0.02)
+    assert after["nvml_peak_mib"] == pytest.approx(alone["nvml_peak_mib"], rel=0.02)
 
 
 def _growth(rows, column):

@@ -370,6 +370,28 @@ def test_spares_start_again_right_after_a_measurement_alone_for_the_variants_to_
     assert attempts[1].measured == points[:2]  # the retrying spare serves the rest of its variant
 
 
+@pytest.mark.parametrize("outcome, retired", [
+    ({"status": "oom", "held_after_mib": 0.0}, False),  # freed everything: a result, the worker serves on
+    ({"status": "oom", "held_after_mib": 61_000.0}, True),  # tensors of the failed step still alive
+    ({"status": "ok", "held_after_mib": 4_096.0}, True),  # an ok point that left memory held
+    ({"status": "ok", "held_after_mib": 8.0}, False),  # a library's workspace from its first use
+    ({"status": "error", "held_after_mib": 0.0}, True),  # the context may be broken
+])
+def test_a_worker_serves_on_unless_its_point_failed_or_left_memory_held(monkeypatch, outcome, retired):
+    class Reporting(_StartedWorker):
+        def measure(self, point, *args, **kwargs):
+            super().measure(point, *args, **kwargs)
+            return dict(outcome) if point == points[0] else {"status": "ok", "held_after_mib": 0.0}
+
+    monkeypatch.setattr(runner_module, "Worker", Reporting)
+    _StartedWorker.started = []
+    points = plan_points(["sasrec"], [50], ["train", "infer"], ["naive"], 8, None, "cuda")
+    list(Lane(RunnerOptions(spare_workers=0)).measure(points, {}))  # no spare: an OOM is not retried
+    first = _StartedWorker.started[0]
+    assert (points[1] not in first.measured) is retired
+    assert runner_module.must_retire(outcome) is retired
+
+
 @pytest.mark.parametrize("message, spare_workers", [
     (allocator_message("2.00 GiB", "78.00 GiB"), 2),  # more than the card alone would have left
     (allocator_message("1.00 GiB", "78.00 GiB"), 0),  # no spare on the GPU

@@ -1,9 +1,9 @@
 """Runs a plan of points through worker processes and stores every result as it arrives.
 
 Points of one model variant share a worker (a fresh process with its own CUDA context) until a
-point ends in an error; then the worker is retired and the next point gets a fresh one. An OOM is
-a result, not a fault of the process: its worker frees what the point held and serves on, and the
-longer lengths of that series are recorded as skipped, as are the points of a mode a model cannot
+point ends in an error or leaves memory held; then the worker is retired and the next point gets a
+fresh one. An OOM is a result, not a fault of the process: a worker that freed all the point held
+serves on, and the longer lengths of that series are recorded as skipped, as are the points of a mode a model cannot
 run (infer without predict, for a plug-in). An OOM beside spare workers that the card alone might
 have had room for is measured again by one of them, the others ended first. A stop
 request (Ctrl-C, SIGTERM, SIGHUP) takes effect between points, so the point in flight is kept.
@@ -34,6 +34,10 @@ from profiler.trackers.timing import MeasurementBudget
 # H200 the default sweep took 221 s with one and 143 s with three: its fast models (a second or so
 # for all their points) outrun a worker's start (imports, CUDA context, priming: 9 to 25 s).
 DEFAULT_SPARE_WORKERS = 3
+# A worker whose allocator still holds more than this after a point was freed is retired: the next
+# point's figures would count it. Above what a library keeps from its first use (a cuBLAS workspace
+# is 8 to 32 MiB); a leak is tens of GiB.
+HELD_AFTER_LIMIT_MIB = 64.0
 
 
 @dataclass(frozen=True)
@@ -225,8 +229,8 @@ class Lane:
     """Measures points on one device, one worker process at a time: the rule of a series, shared by
     every way of running a sweep (in order here, on several GPUs, on a Ray cluster).
 
-    Points of one model variant share a worker until one ends in an error; after an OOM the longer
-    lengths of that series are skipped. ``slot`` numbers this lane among the ``slots``
+    Points of one model variant share a worker until one ends in an error or leaves memory held
+    (``must_retire``); after an OOM the longer lengths of that series are skipped. ``slot`` numbers this lane among the ``slots``
     lanes of the host, which measure on different cores. ``defer_oom``: an OOM ends the points
     handed over instead (``UnitDeferred``), as where other lanes share the GPU's memory; ``marks``:
     columns every row of this lane carries.
@@ -315,10 +319,7 @@ class Lane:
             record = {**self._measure_in(self._worker, point), "alone_after_shared_oom": True}
             # Spares again for the variants to come: without them each would wait for a start.
             self._top_up_spares(point.device, self._next_worker_points(point, upcoming))
-        if record["status"] not in ("ok", "oom"):
-            # An error may leave a broken context (a device-side assert) or a dead process. After an
-            # OOM the worker has freed the point's memory and emptied its cache (worker.measure_safely);
-            # the next point's figures start from there, as after an ok point.
+        if must_retire(record):
             self._retire_worker()
         return point_row(point, record, time.perf_counter() - started, self.device_name)
 
@@ -390,6 +391,14 @@ class Lane:
         if self._worker is not None:
             self._worker.close()
         self._worker, self._worker_group = None, None
+
+
+def must_retire(record: dict) -> bool:
+    """Whether the worker that produced ``record`` must not measure another point: the point ended in
+    an error (a device-side assert breaks the context; a dead or overrun worker is gone) or left
+    memory held that the next point would count. An OOM that freed everything is a result, and its
+    worker serves on."""
+    return record["status"] not in ("ok", "oom") or record.get("held_after_mib", 0.0) > HELD_AFTER_LIMIT_MIB
 
 
 def _primed_for(worker: Worker, point: PointSpec) -> bool:

@@ -2,8 +2,9 @@
 
 It answers each point with a record whose ``status`` is ``ok``, ``oom`` (a result: the point does
 not fit) or ``error`` (with the message). After every point it frees what the point held and empties
-the allocator's cache, so an OOM leaves nothing to the next point; the runner retires a worker
-after an error, which may leave a broken context.
+the allocator's cache, and on CUDA records what the allocator still holds beyond what it held
+before the point (``held_after_mib``). The runner retires a worker after an error, which may leave
+a broken context, and after a point that left memory held, which the next point would count.
 """
 import ctypes
 import gc
@@ -57,6 +58,11 @@ def _release_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def _allocated_mib(device: str) -> float | None:
+    """What this process's caching allocator has handed out and not had back; None off CUDA."""
+    return torch.cuda.memory_allocated() / MIB if device == "cuda" else None
+
+
 def _freeze_survivors() -> None:
     """Moves every object alive now out of the collector's sight (``gc.freeze``). A worker collects
     before each point so that its memory figures start from nothing; a full collection walks the
@@ -102,6 +108,7 @@ def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, pri
     """``turns``: the GPU's turns where lanes share it (profiler/run/turns.py); ``compile_cores``:
     where a step compiles (measure.on_cores)."""
     waited_before_s, shared_waited_before_s = turns.waited_s, turns.shared_waited_s
+    allocated_before_mib = _allocated_mib(point.device)
     try:
         with turns.shared():  # priming times nothing: beside other lanes' building and compiling
             started = time.perf_counter()
@@ -131,6 +138,10 @@ def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, pri
             record["traceback"] = traceback.format_exc(limit=8)
     finally:
         _release_memory(point.device)
+    if allocated_before_mib is not None:
+        # Not zero where something still references the point's tensors: after some CUDA OOMs the
+        # tensors allocated before the failure stay alive (tens of GiB, seen after CosRec's).
+        record["held_after_mib"] = _allocated_mib(point.device) - allocated_before_mib
     record["worker_pid"] = os.getpid()
     if turns is not NO_TURNS:
         record["turn_wait_s"] = turns.waited_s - waited_before_s
