@@ -208,7 +208,11 @@ class _StartedWorker:
         self.measured: list = []
         _StartedWorker.started.append(self)
 
+    def wait_until_ready(self, timeout_s):
+        pass
+
     def measure(self, point, budget, timeout_s, memory_limit_mib=None, memory_snapshot_dir=None):
+        self.wait_until_ready(timeout_s)
         self.points_measured += 1
         self.measured.append(point)
         return {"status": "ok"}
@@ -368,6 +372,39 @@ def test_spares_start_again_right_after_a_measurement_alone_for_the_variants_to_
     assert events[retried_at + 1:retried_at + 4] == [("started", points[2]), ("started", points[4]),
                                                      ("measured", points[1])]
     assert attempts[1].measured == points[:2]  # the retrying spare serves the rest of its variant
+
+
+def test_a_spare_that_could_not_start_is_replaced_by_a_worker_started_now(monkeypatch):
+    class SpareFailsToStart(_StartedWorker):
+        """caser's spare finds the card full as its CUDA context starts; a worker started later starts."""
+
+        def wait_until_ready(self, timeout_s):
+            if self.prime == points[1] and [w.prime for w in _StartedWorker.started].index(points[1]) == \
+                    _StartedWorker.started.index(self):
+                raise runner_module.WorkerStartFailed("worker failed to start: AcceleratorError: CUDA error: out of memory")
+
+    monkeypatch.setattr(runner_module, "Worker", SpareFailsToStart)
+    _StartedWorker.started = []
+    points = plan_points(["sasrec", "caser"], [50], ["train"], ["naive"], 8, None, "cuda")
+    rows = [event.row for event in Lane(RunnerOptions(spare_workers=1)).measure(points, {})
+            if isinstance(event, runner_module.PointFinished)]
+    assert [row["status"] for row in rows] == ["ok", "ok"]
+    spare, started_now = [worker for worker in _StartedWorker.started if worker.prime == points[1]]
+    assert spare.measured == [] and started_now.measured == [points[1]]
+    assert rows[1]["worker_fresh"] is True
+
+
+def test_a_worker_started_when_needed_that_cannot_start_makes_the_point_an_error(monkeypatch):
+    class NeverStarts(_StartedWorker):
+        def wait_until_ready(self, timeout_s):
+            raise runner_module.WorkerStartFailed("worker failed to start: RuntimeError: no GPU")
+
+    monkeypatch.setattr(runner_module, "Worker", NeverStarts)
+    _StartedWorker.started = []
+    points = plan_points(["sasrec"], [50], ["train"], ["naive"], 8, None, "cuda")
+    rows = [event.row for event in Lane(RunnerOptions(spare_workers=1)).measure(points, {})
+            if isinstance(event, runner_module.PointFinished)]
+    assert rows[0]["status"] == "error" and rows[0]["error"] == "worker failed to start: RuntimeError: no GPU"
 
 
 @pytest.mark.parametrize("outcome, retired", [

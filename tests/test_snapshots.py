@@ -116,6 +116,9 @@ class FakeWorker:
         self.device, self.process, self.points_measured, self.start_s = device, FakeProcess(), 0, 0.0
         self.prime = prime
 
+    def wait_until_ready(self, timeout_s) -> None:
+        pass
+
     def measure(self, point, budget, timeout_s, memory_limit_mib=None, memory_snapshot_dir=None) -> dict:
         FakeWorker.asked.append({"point": point, "memory_snapshot_dir": memory_snapshot_dir})
         self.points_measured += 1

@@ -57,6 +57,10 @@ class WorkerDied(Exception):
     pass
 
 
+class WorkerStartFailed(WorkerDied):
+    """The worker said it could not start (its CUDA context, NVML): it never measured."""
+
+
 class WorkerTimedOut(Exception):
     pass
 
@@ -114,12 +118,12 @@ class Worker:
         except (EOFError, ConnectionResetError):
             raise WorkerDied(self._death_cause()) from None
 
-    def _wait_until_ready(self, timeout_s: float) -> None:
+    def wait_until_ready(self, timeout_s: float) -> None:
         if self._ready:
             return
         hello = self._receive(min(WORKER_START_TIMEOUT_S, timeout_s), "worker start")
         if not hello.get("ready"):
-            raise WorkerDied(f"worker failed to start: {hello.get('error')}")
+            raise WorkerStartFailed(f"worker failed to start: {hello.get('error')}")
         self._ready = True
         self.start_s = time.perf_counter() - self._spawned_at
 
@@ -127,7 +131,7 @@ class Worker:
                 memory_limit_mib: float | None = None, memory_snapshot_dir: Path | None = None) -> dict:
         """``memory_limit_mib``: the device memory of a smaller card to emulate (context included);
         ``memory_snapshot_dir``: where the point's memory snapshot goes (on CUDA)."""
-        self._wait_until_ready(timeout_s)
+        self.wait_until_ready(timeout_s)
         try:
             self._conn.send(point_message(point, budget, memory_limit_mib, memory_snapshot_dir))
         except OSError:  # the pipe broke: the worker died since its last point
@@ -249,6 +253,7 @@ class Lane:
         self.spares_wanted = options.spare_workers if spare else 0
         self._worker: Worker | None = None
         self._worker_group: tuple | None = None
+        self._worker_was_spare = False  # started before it was needed, as the card was then
         self._spares: list[Worker] = []  # the next workers, started while the current one measures
 
     def measure(self, points: list[PointSpec], oom_at: dict[SeriesKey, int],
@@ -304,29 +309,42 @@ class Lane:
         group = worker_group(point)
         if self._worker is None or group != self._worker_group or self.options.fresh_worker_per_point:
             self._retire_worker()
-            self._worker = self._take_worker(point, self._next_worker_points(point, upcoming))
+            self._worker, self._worker_was_spare = self._take_worker(point, self._next_worker_points(point, upcoming))
             self._worker_group = group
         started = time.perf_counter()
-        record = self._measure_in(self._worker, point)
+        record = self._measure_in(point)
         if record["status"] == "oom" and self._spares and not self.defer_oom and may_fit_alone(record):
             # Each spare holds a CUDA context on the GPU (about 0.8 GiB), memory the point may have
             # needed: measured again with no other worker there, as the card alone would run it. The
             # spare needed last measures it (it primes again for the point) rather than a new
             # worker: one context either way, without seconds of start-up.
             self._retire_worker()
-            self._worker, self._worker_group = self._spares.pop(), group
+            self._worker, self._worker_group, self._worker_was_spare = self._spares.pop(), group, True
             self._drop_spares()
-            record = {**self._measure_in(self._worker, point), "alone_after_shared_oom": True}
+            record = {**self._measure_in(point), "alone_after_shared_oom": True}
             # Spares again for the variants to come: without them each would wait for a start.
             self._top_up_spares(point.device, self._next_worker_points(point, upcoming))
         if must_retire(record):
             self._retire_worker()
         return point_row(point, record, time.perf_counter() - started, self.device_name)
 
-    def _measure_in(self, worker: Worker, point: PointSpec) -> dict:
-        """The worker's record of ``point``; a worker that dies or overruns makes it an error."""
+    def _measure_in(self, point: PointSpec) -> dict:
+        """The current worker's record of ``point``; a worker that dies or overruns makes it an error.
+
+        A spare that could not start is replaced, once, by a worker started now, which measures the
+        point: a spare starts while another worker may hold nearly all the card (a point about to
+        run out of memory), and its CUDA context can find no room then. A worker started now that
+        cannot start either makes the point an error."""
+        worker = self._worker
         fresh = worker.points_measured == 0
         try:
+            if fresh and self._worker_was_spare:
+                try:
+                    worker.wait_until_ready(self.options.point_timeout_s)
+                except WorkerStartFailed:
+                    worker.kill()
+                    self._worker = worker = self._new_worker(point.device, point)
+                    self._worker_was_spare = False
             record = worker.measure(point, self.options.budget, self.options.point_timeout_s,
                                     memory_snapshot_dir=self.options.memory_snapshot_dir)
         except (WorkerDied, WorkerTimedOut) as exc:
@@ -351,9 +369,10 @@ class Lane:
         return Worker(device, measuring_cpu(self.slot), self.options.threads, self.gpu, start_off, prime=prime,
                       share_gpu=share_gpu)
 
-    def _take_worker(self, point: PointSpec, next_worker_points: list[PointSpec]) -> Worker:
+    def _take_worker(self, point: PointSpec, next_worker_points: list[PointSpec]) -> tuple[Worker, bool]:
         """A started worker for ``point``: the spare primed for it if there is one (else the spare
-        needed last), and spares behind it, one primed for each of ``next_worker_points``.
+        needed last), and spares behind it, one primed for each of ``next_worker_points``; and
+        whether the worker is a spare.
 
         On CUDA, starting a worker (imports, CUDA context, priming) takes seconds; the spares do it
         while the current worker measures, on the other cores (a worker keeps off the measuring
@@ -366,13 +385,14 @@ class Lane:
             worker = self._spares[-1]  # primed for another variant: it primes again at its first point
         if worker is not None:
             self._spares.remove(worker)
+        was_spare = worker is not None
         if worker is None or worker.device != device or not worker.process.is_alive():
             if worker is not None:
                 worker.kill()
-            worker = self._new_worker(device, point)
+            worker, was_spare = self._new_worker(device, point), False
         if device == "cuda" and self.spares_wanted:
             self._top_up_spares(device, next_worker_points)
-        return worker
+        return worker, was_spare
 
     def _top_up_spares(self, device: str, wanted: list[PointSpec]) -> None:
         """Spares primed for ``wanted``, in order; those primed for a point no longer wanted closed.
@@ -387,10 +407,11 @@ class Lane:
         if not wanted and not self._spares:
             self._spares.append(self._new_worker(device))
 
+
     def _retire_worker(self) -> None:
         if self._worker is not None:
             self._worker.close()
-        self._worker, self._worker_group = None, None
+        self._worker, self._worker_group, self._worker_was_spare = None, None, False
 
 
 def must_retire(record: dict) -> bool:
