@@ -136,13 +136,17 @@ def test_a_points_wall_time_is_split_into_its_phases(tmp_path):
 
     rows, frame = run(tmp_path, sasrec_points([8, 12]))
     for row in frame.itertuples():
-        phases = [row.prime_s, row.build_s, row.probe_s, row.steps_s]
+        phases = [row.prime_s, row.build_s, row.probe_s, row.steps_s, 0.0 if row.Index else row.worker_wait_s]
         assert all(seconds >= 0 for seconds in phases) and row.build_s > 0 and row.probe_s > 0
         assert row.measured_wall_s <= row.steps_s  # the timed steps are a part of all the steps
         assert sum(phases) <= row.point_wall_s
     assert frame["prime_s"].eq(0).all()  # priming loads CUDA kernels: nothing to do on the CPU
+    # On the CPU a worker starts when its first point needs it: that point waits for all of its start.
+    first, second = rows
+    assert 0 < first["worker_wait_s"] <= first["worker_start_s"] + 0.5 and "worker_wait_s" not in second
     line = phase_breakdown(rows)
-    assert line.startswith(f"time in 2 ok points: {frame['point_wall_s'].sum():.1f} s = ")
+    assert line.startswith(f"time in 2 ok points: {frame['point_wall_s'].sum():.1f} s = "
+                           f"waiting for workers {first['worker_wait_s']:.1f} + ")
     assert f"steps {frame['steps_s'].sum():.1f}" in line and "priming" not in line
 
 
@@ -156,6 +160,9 @@ def test_the_phase_breakdown_adds_up_and_leaves_out_failed_points():
             {"status": "oom", "point_wall_s": 100.0}]
     assert phase_breakdown(rows) == ("time in 2 ok points: 12.0 s = priming 4.0 + building 1.5 + probes 1.0 + "
                                      "steps 3.5 + other 2.0 s (timed steps alone 2.2 s)")
+    rows[0].update(point_wall_s=13.0, worker_wait_s=3.0)
+    assert phase_breakdown(rows[:2]) == ("time in 2 ok points: 15.0 s = waiting for workers 3.0 + priming 4.0 + "
+                                         "building 1.5 + probes 1.0 + steps 3.5 + other 2.0 s (timed steps alone 2.2 s)")
     assert phase_breakdown([{"status": "error"}]) is None
 
 

@@ -137,9 +137,10 @@ COLUMNS = [
     "peak_tflops", "peak_bandwidth_gib_s", "peak_fraction", "bandwidth_fraction", "memory_bound",
     # bookkeeping; where a point's wall time went: priming a fresh worker, measuring the peak rates
     # (at a worker's first point of a dtype), building the model and batch, the footprint, FLOP and
-    # traffic probe, warm-up and timed steps together, the timed steps alone; on CUDA, what the
-    # worker's allocator still held once the point was freed (a worker holding memory is retired)
-    "point_wall_s", "prime_s", "peak_rate_s", "build_s", "probe_s", "steps_s", "measured_wall_s", "worker_pid", "worker_cpu", "worker_fresh", "worker_start_s", "held_after_mib", "finished_at",
+    # traffic probe, warm-up and timed steps together, the timed steps alone; a fresh worker's
+    # start (spawn to ready) and the part of it the point waited for; on CUDA, what the worker's
+    # allocator still held once the point was freed (a worker holding memory is retired)
+    "point_wall_s", "prime_s", "peak_rate_s", "build_s", "probe_s", "steps_s", "measured_wall_s", "worker_pid", "worker_cpu", "worker_fresh", "worker_start_s", "worker_wait_s", "held_after_mib", "finished_at",
     # lanes sharing a GPU (--lanes-per-gpu): the seconds this point waited for the GPU's exclusive
     # turns (to be timed) and for its shared ones (to build, probe and compile: behind a measurement
     # or a lane waiting for one); whether the row was measured again with no other worker of the

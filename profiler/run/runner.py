@@ -329,30 +329,39 @@ class Lane:
         return point_row(point, record, time.perf_counter() - started, self.device_name)
 
     def _measure_in(self, point: PointSpec) -> dict:
-        """The current worker's record of ``point``; a worker that dies or overruns makes it an error.
-
-        A spare that could not start is replaced, once, by a worker started now, which measures the
-        point: a spare starts while another worker may hold nearly all the card (a point about to
-        run out of memory), and its CUDA context can find no room then. A worker started now that
-        cannot start either makes the point an error."""
-        worker = self._worker
-        fresh = worker.points_measured == 0
+        """The current worker's record of ``point``; a worker that dies or overruns makes it an
+        error. A fresh worker's record says how long the point waited for it to be ready
+        (``worker_wait_s``): a start the spares did not hide."""
+        worker, fresh, waited_s = self._worker, self._worker.points_measured == 0, 0.0
         try:
-            if fresh and self._worker_was_spare:
-                try:
-                    worker.wait_until_ready(self.options.point_timeout_s)
-                except WorkerStartFailed:
-                    worker.kill()
-                    self._worker = worker = self._new_worker(point.device, point)
-                    self._worker_was_spare = False
+            if fresh:
+                worker, waited_s = self._ready_worker(point)
             record = worker.measure(point, self.options.budget, self.options.point_timeout_s,
                                     memory_snapshot_dir=self.options.memory_snapshot_dir)
         except (WorkerDied, WorkerTimedOut) as exc:
             record = {"status": "error", "error": str(exc)}
         record["worker_fresh"] = fresh
         if fresh:
-            record["worker_start_s"] = worker.start_s
+            record.update(worker_start_s=worker.start_s, worker_wait_s=waited_s)
         return record
+
+    def _ready_worker(self, point: PointSpec) -> tuple[Worker, float]:
+        """The current worker once it is ready, and the seconds waited for it.
+
+        A spare that could not start is replaced, once, by a worker started now, which measures the
+        point: a spare starts while another worker may hold nearly all the card (a point about to
+        run out of memory), and its CUDA context can find no room then. A worker started now that
+        cannot start either makes the point an error."""
+        started = time.perf_counter()
+        try:
+            self._worker.wait_until_ready(self.options.point_timeout_s)
+        except WorkerStartFailed:
+            if not self._worker_was_spare:
+                raise
+            self._worker.kill()
+            self._worker, self._worker_was_spare = self._new_worker(point.device, point), False
+            self._worker.wait_until_ready(self.options.point_timeout_s)
+        return self._worker, time.perf_counter() - started
 
     def _drop_spares(self) -> None:
         """Ends the spares now, starting or waiting: the GPU memory their contexts hold is freed."""
