@@ -1,5 +1,6 @@
 """What several test modules build the same way: a measurement budget and CLI flags of a few
-steps, a synthetic results table of known growth, and a stored results file of a few points."""
+steps, a synthetic results table of known growth, a stored results file of a few points, and a
+stand-in for a worker process."""
 import numpy as np
 import pandas as pd
 import torch
@@ -118,3 +119,31 @@ def successor_walk(batch: dict, num_items: int, generator) -> dict:
         pos=walk[:, 1:] * real,
         candidates=torch.cat([walk[:, -1:], negatives % num_items + 1], dim=1),  # distinct from the positive
     )
+
+
+class StandInWorker:
+    """Stands in for a worker process (profiler.run.runner.Worker): records what it was asked to
+    prime for and the points it was asked to measure, and measures nothing; every point is ok.
+    Subclasses change ``measure`` or ``wait_until_ready`` to fail as a real worker can."""
+
+    started: list = []
+
+    def __init__(self, device, cpu=None, threads=1, gpu=None, start_off=frozenset(), prime=None, share_gpu=False):
+        self.device, self.prime, self.points_measured, self.start_s = device, prime, 0, 0.0
+        self.process = type("Alive", (), {"is_alive": staticmethod(lambda: True)})()
+        self.measured: list = []
+        StandInWorker.started.append(self)
+
+    def wait_until_ready(self, timeout_s):
+        pass
+
+    def measure(self, point, budget, timeout_s, memory_limit_mib=None, memory_snapshot_dir=None):
+        self.wait_until_ready(timeout_s)
+        self.points_measured += 1
+        self.measured.append(point)
+        return {"status": "ok"}
+
+    def close(self):
+        pass
+
+    kill = close

@@ -6,7 +6,7 @@ import weakref
 
 import pandas as pd
 import pytest
-from helpers import TINY_BUDGET
+from helpers import TINY_BUDGET, StandInWorker
 
 from profiler.results.store import ResultsStore, read_results
 from profiler.run import runner as runner_module
@@ -204,38 +204,12 @@ def test_what_a_worker_freezes_at_start_leaves_later_garbage_to_the_collector():
         gc.unfreeze()
 
 
-class _StartedWorker:
-    """Stands in for a worker process: records what it was asked to prime for, measures nothing."""
-
-    started: list = []
-
-    def __init__(self, device, cpu=None, threads=1, gpu=None, start_off=frozenset(), prime=None, share_gpu=False):
-        self.device, self.prime, self.points_measured, self.start_s = device, prime, 0, 0.0
-        self.process = type("Alive", (), {"is_alive": staticmethod(lambda: True)})()
-        self.measured: list = []
-        _StartedWorker.started.append(self)
-
-    def wait_until_ready(self, timeout_s):
-        pass
-
-    def measure(self, point, budget, timeout_s, memory_limit_mib=None, memory_snapshot_dir=None):
-        self.wait_until_ready(timeout_s)
-        self.points_measured += 1
-        self.measured.append(point)
-        return {"status": "ok"}
-
-    def close(self):
-        pass
-
-    kill = close
-
-
 def test_each_spare_is_primed_for_the_first_point_of_the_variant_it_will_serve(monkeypatch):
-    monkeypatch.setattr(runner_module, "Worker", _StartedWorker)
-    _StartedWorker.started = []
+    monkeypatch.setattr(runner_module, "Worker", StandInWorker)
+    StandInWorker.started = []
     points = plan_points(["sasrec", "caser"], [50, 200], ["train", "infer"], ["naive", "sdpa"], 8, None, "cuda")
     list(Lane(RunnerOptions()).measure(points, {}))
-    started = _StartedWorker.started
+    started = StandInWorker.started
     firsts = [points[0], points[4], points[8]]  # sasrec naive, sasrec sdpa, caser: four points each
     assert [worker.prime for worker in started] == firsts + [None]  # the last spare has no variant left
     assert [worker.measured[0] for worker in started[:3]] == firsts
@@ -243,11 +217,11 @@ def test_each_spare_is_primed_for_the_first_point_of_the_variant_it_will_serve(m
 
 
 def test_with_a_fresh_worker_per_point_each_spare_is_primed_for_the_next_point(monkeypatch):
-    monkeypatch.setattr(runner_module, "Worker", _StartedWorker)
-    _StartedWorker.started = []
+    monkeypatch.setattr(runner_module, "Worker", StandInWorker)
+    StandInWorker.started = []
     points = plan_points(["sasrec"], [50, 200], ["train"], ["naive"], 8, None, "cuda")
     list(Lane(RunnerOptions(fresh_worker_per_point=True)).measure(points, {}))
-    assert [worker.prime for worker in _StartedWorker.started] == [points[0], points[1], None]
+    assert [worker.prime for worker in StandInWorker.started] == [points[0], points[1], None]
 
 
 def test_a_prime_that_fails_while_starting_is_left_to_the_first_point(monkeypatch):
@@ -265,12 +239,12 @@ def test_a_prime_that_fails_while_starting_is_left_to_the_first_point(monkeypatc
 
 
 def test_several_spares_are_primed_for_the_next_variants_and_each_serves_its_own(monkeypatch):
-    monkeypatch.setattr(runner_module, "Worker", _StartedWorker)
-    _StartedWorker.started = []
+    monkeypatch.setattr(runner_module, "Worker", StandInWorker)
+    StandInWorker.started = []
     points = plan_points(["sasrec", "caser", "linrec"], [50, 200], ["train"], ["naive", "sdpa"], 8, None, "cuda")
     firsts = [points[0], points[2], points[4], points[6]]  # sasrec naive, sasrec sdpa, caser, linrec
     list(Lane(RunnerOptions(spare_workers=3)).measure(points, {}))
-    started = _StartedWorker.started
+    started = StandInWorker.started
     # The first worker, then three spares at once, then none: every variant had its spare.
     assert [worker.prime for worker in started] == firsts + [None]
     assert [worker.measured[0] for worker in started[:4]] == firsts
@@ -278,7 +252,7 @@ def test_several_spares_are_primed_for_the_next_variants_and_each_serves_its_own
 
 
 def test_a_retried_variant_takes_the_spare_needed_last_and_the_next_keeps_its_own(monkeypatch):
-    class FailingFirst(_StartedWorker):
+    class FailingFirst(StandInWorker):
         """The sweep's first point fails; every other is ok."""
 
         def measure(self, point, *args, **kwargs):
@@ -286,10 +260,10 @@ def test_a_retried_variant_takes_the_spare_needed_last_and_the_next_keeps_its_ow
             return {"status": "error", "error": "boom"} if point == points[0] else {"status": "ok"}
 
     monkeypatch.setattr(runner_module, "Worker", FailingFirst)
-    _StartedWorker.started = []
+    StandInWorker.started = []
     points = plan_points(["sasrec", "caser", "linrec"], [50, 200], ["train"], ["naive"], 8, None, "cuda")
     list(Lane(RunnerOptions(spare_workers=2)).measure(points, {}))
-    started = _StartedWorker.started
+    started = StandInWorker.started
     # sasrec's first point fails: its second runs in the spare primed for linrec (needed last), and
     # caser's spare still serves caser; linrec gets a new spare, primed for it.
     assert started[0].measured == [points[0]]
@@ -324,7 +298,7 @@ def lane_with_an_oom_at(points, failing, first_message, spare_workers=2):
     ``first_message``; its measurement again, and every other point, is ok."""
     attempts = []
 
-    class OutOfMemoryOnce(_StartedWorker):
+    class OutOfMemoryOnce(StandInWorker):
         def measure(self, point, *args, **kwargs):
             super().measure(point, *args, **kwargs)
             if point == failing:
@@ -337,7 +311,7 @@ def lane_with_an_oom_at(points, failing, first_message, spare_workers=2):
         def kill(self):
             self.killed = True
 
-    _StartedWorker.started = []
+    StandInWorker.started = []
     lane = Lane(RunnerOptions(spare_workers=spare_workers))
     return lane, attempts, OutOfMemoryOnce
 
@@ -348,12 +322,12 @@ def test_an_oom_beside_spares_that_the_card_alone_might_hold_is_measured_again_w
     monkeypatch.setattr(runner_module, "Worker", worker_class)
     rows = [event.row for event in lane.measure(points, {}) if isinstance(event, runner_module.PointFinished)]
     assert [row["status"] for row in rows] == ["ok"] * 6
-    first, for_caser, for_linrec = _StartedWorker.started[:3]
+    first, for_caser, for_linrec = StandInWorker.started[:3]
     assert (for_caser.prime, for_linrec.prime) == (points[2], points[4])
     # Measured again in the spare needed last, the other spare ended first: one worker on the GPU
     assert attempts == [first, for_linrec] and for_caser.killed and not getattr(for_linrec, "killed", False)
     assert rows[1]["alone_after_shared_oom"] is True and rows[1]["worker_fresh"] is True
-    assert points[2] not in for_caser.measured and points[2] in _StartedWorker.started[3].measured
+    assert points[2] not in for_caser.measured and points[2] in StandInWorker.started[3].measured
     assert not any(row.get("alone_after_shared_oom") for row in rows[:1] + rows[2:])
 
 
@@ -382,32 +356,32 @@ def test_spares_start_again_right_after_a_measurement_alone_for_the_variants_to_
 
 
 def test_a_spare_that_could_not_start_is_replaced_by_a_worker_started_now(monkeypatch):
-    class SpareFailsToStart(_StartedWorker):
+    class SpareFailsToStart(StandInWorker):
         """caser's spare finds the card full as its CUDA context starts; a worker started later starts."""
 
         def wait_until_ready(self, timeout_s):
-            if self.prime == points[1] and [w.prime for w in _StartedWorker.started].index(points[1]) == \
-                    _StartedWorker.started.index(self):
+            if self.prime == points[1] and [w.prime for w in StandInWorker.started].index(points[1]) == \
+                    StandInWorker.started.index(self):
                 raise runner_module.WorkerStartFailed("worker failed to start: AcceleratorError: CUDA error: out of memory")
 
     monkeypatch.setattr(runner_module, "Worker", SpareFailsToStart)
-    _StartedWorker.started = []
+    StandInWorker.started = []
     points = plan_points(["sasrec", "caser"], [50], ["train"], ["naive"], 8, None, "cuda")
     rows = [event.row for event in Lane(RunnerOptions(spare_workers=1)).measure(points, {})
             if isinstance(event, runner_module.PointFinished)]
     assert [row["status"] for row in rows] == ["ok", "ok"]
-    spare, started_now = [worker for worker in _StartedWorker.started if worker.prime == points[1]]
+    spare, started_now = [worker for worker in StandInWorker.started if worker.prime == points[1]]
     assert spare.measured == [] and started_now.measured == [points[1]]
     assert rows[1]["worker_fresh"] is True
 
 
 def test_a_worker_started_when_needed_that_cannot_start_makes_the_point_an_error(monkeypatch):
-    class NeverStarts(_StartedWorker):
+    class NeverStarts(StandInWorker):
         def wait_until_ready(self, timeout_s):
             raise runner_module.WorkerStartFailed("worker failed to start: RuntimeError: no GPU")
 
     monkeypatch.setattr(runner_module, "Worker", NeverStarts)
-    _StartedWorker.started = []
+    StandInWorker.started = []
     points = plan_points(["sasrec"], [50], ["train"], ["naive"], 8, None, "cuda")
     rows = [event.row for event in Lane(RunnerOptions(spare_workers=1)).measure(points, {})
             if isinstance(event, runner_module.PointFinished)]
@@ -422,16 +396,16 @@ def test_a_worker_started_when_needed_that_cannot_start_makes_the_point_an_error
     ({"status": "error", "held_after_mib": 0.0}, True),  # the context may be broken
 ])
 def test_a_worker_serves_on_unless_its_point_failed_or_left_memory_held(monkeypatch, outcome, retired):
-    class Reporting(_StartedWorker):
+    class Reporting(StandInWorker):
         def measure(self, point, *args, **kwargs):
             super().measure(point, *args, **kwargs)
             return dict(outcome) if point == points[0] else {"status": "ok", "held_after_mib": 0.0}
 
     monkeypatch.setattr(runner_module, "Worker", Reporting)
-    _StartedWorker.started = []
+    StandInWorker.started = []
     points = plan_points(["sasrec"], [50], ["train", "infer"], ["naive"], 8, None, "cuda")
     list(Lane(RunnerOptions(spare_workers=0)).measure(points, {}))  # no spare: an OOM is not retried
-    first = _StartedWorker.started[0]
+    first = StandInWorker.started[0]
     assert (points[1] not in first.measured) is retired
     assert runner_module.must_retire(outcome) is retired
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_BUDGET
+from helpers import TINY_BUDGET, StandInWorker
 from typer.testing import CliRunner
 
 from models.registry import REGISTRY
@@ -102,32 +102,15 @@ def test_on_the_command_line_a_cpu_sweep_or_an_unusable_folder_is_a_one_line_err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain", "s"]  # no results file: nothing measured
 
 
-class FakeProcess:
-    def is_alive(self) -> bool:
-        return True
-
-
-class FakeWorker:
-    """Stands in for a worker process: keeps what each point's measurement was asked for."""
+class FakeWorker(StandInWorker):
+    """Keeps what each point's measurement was asked for, and measures none."""
 
     asked: list[dict] = []
 
-    def __init__(self, device, *args, prime=None, share_gpu=False):
-        self.device, self.process, self.points_measured, self.start_s = device, FakeProcess(), 0, 0.0
-        self.prime = prime
-
-    def wait_until_ready(self, timeout_s) -> None:
-        pass
-
     def measure(self, point, budget, timeout_s, memory_limit_mib=None, memory_snapshot_dir=None) -> dict:
+        super().measure(point, budget, timeout_s)
         FakeWorker.asked.append({"point": point, "memory_snapshot_dir": memory_snapshot_dir})
-        self.points_measured += 1
         return {"status": "error", "error": "not measured: a stand-in worker"}
-
-    def close(self) -> None:
-        pass
-
-    kill = close
 
 
 @pytest.fixture
