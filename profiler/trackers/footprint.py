@@ -53,7 +53,11 @@ class SavedTensorsCounter:
         key = _storage_key(t)
         if key not in self._exclude:
             self._bytes.setdefault(key, t.untyped_storage().nbytes())
-        return t
+        # Saved as a detached alias (the same storage, no autograd history). A node that saves its
+        # own output would otherwise hold that output, which holds the node: a cycle through C++
+        # that Python's collector cannot see. backward() breaks it by freeing what it used; a step
+        # that fails before backward (an OOM in the forward) would leave every saved tensor alive.
+        return t.detach()
 
     @property
     def saved_bytes(self) -> int:
