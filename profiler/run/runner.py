@@ -36,7 +36,7 @@ from profiler.trackers.timing import MeasurementBudget
 DEFAULT_SPARE_WORKERS = 3
 # A worker whose allocator still holds more than this after a point was freed is retired: the next
 # point's figures would count it. Above what a library keeps from its first use (a cuBLAS workspace
-# is 8 to 32 MiB); a leak is tens of GiB.
+# is 8 to 32 MiB); the leaks seen were tens of GiB.
 HELD_AFTER_LIMIT_MIB = 64.0
 
 

@@ -139,9 +139,9 @@ def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, pri
     finally:
         _release_memory(point.device)
     if allocated_before_mib is not None:
-        # Not zero where something still references the point's tensors: after some CUDA OOMs the
-        # tensors allocated before the failure stay alive (61 GiB after CosRec's training at
-        # L = 500; PyTorch knows it of an OOM inside backward(), pytorch/pytorch#82218).
+        # Not zero where something still references the point's tensors: a plug-in's cache, an OOM
+        # inside backward() (pytorch/pytorch#82218), or, before the footprint probe saved detached
+        # aliases, an OOM in the probe's forward (61 GiB after CosRec's training at L = 500).
         record["held_after_mib"] = _allocated_mib(point.device) - allocated_before_mib
     record["worker_pid"] = os.getpid()
     if turns is not NO_TURNS:
