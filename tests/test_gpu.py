@@ -67,10 +67,11 @@ def test_the_point_after_an_oom_matches_the_same_point_measured_alone(tmp_path):
     assert rows[3]["nvml_peak_mib"] == pytest.approx(alone["nvml_peak_mib"], rel=0.02)
 
 
-def test_a_point_after_an_oom_that_left_memory_held_matches_the_same_point_measured_alone(tmp_path):
+def test_the_point_after_an_oom_late_in_a_step_matches_the_same_point_measured_alone(tmp_path):
     # CosRec's training at L = 500, batch 128, needs its L x L grid's activations, hundreds of GiB:
-    # past any one GPU. It fails late in the step, and the tensors allocated before the failure have
-    # been seen to stay alive in its worker (tens of GiB); no spare, so nothing measures it again.
+    # past any one GPU. It fails tens of GiB into the probe's forward, whose saved tensors once
+    # stayed alive in its worker (61 GiB); a worker that still holds memory must be retired. No
+    # spare, so nothing measures the OOM again.
     points = cuda_points("cosrec", [500]) + cuda_points("cosrec", [50], mode="infer")
     failed, after = measure(tmp_path, points, spare_workers=0)
     assert (failed["status"], after["status"]) == ("oom", "ok")
