@@ -131,9 +131,10 @@ def outcome_counts(rows: list[dict]) -> str:
 
 # The phases of a point, in the order a worker runs them (the columns of profiler/results/schema.py);
 # lanes sharing a GPU wait for its turns outside every phase's clock.
-PHASES = {"worker_wait_s": "waiting for workers", "turn_wait_s": "waiting for the GPU", "shared_turn_wait_s": "waiting to share it", "prime_s": "priming",
-          "peak_rate_s": "peak rates", "build_s": "building", "probe_s": "probes", "compile_s": "compiling",
-          "steps_s": "steps", "snapshot_s": "snapshot"}
+PHASES = {"worker_wait_s": "waiting for workers", "turn_wait_s": "waiting for the GPU",
+          "shared_turn_wait_s": "waiting to share it", "prime_s": "priming", "peak_rate_s": "peak rates",
+          "build_s": "building", "probe_s": "probes", "compile_s": "compiling", "steps_s": "steps",
+          "snapshot_s": "snapshot"}
 
 
 def phase_breakdown(rows: list[dict]) -> str | None:

@@ -3,10 +3,10 @@
 Points of one model variant share a worker (a fresh process with its own CUDA context) until a
 point ends in an error or leaves memory held; then the worker is retired and the next point gets a
 fresh one. An OOM is a result, not a fault of the process: a worker that freed all the point held
-serves on, and the longer lengths of that series are recorded as skipped, as are the points of a mode a model cannot
-run (infer without predict, for a plug-in). An OOM beside spare workers that the card alone might
-have had room for is measured again by one of them, the others ended first. A stop
-request (Ctrl-C, SIGTERM, SIGHUP) takes effect between points, so the point in flight is kept.
+serves on, and the longer lengths of that series are recorded as skipped, as are the points of a
+mode a model cannot run (infer without predict, for a plug-in). An OOM beside spare workers that
+the card alone might have had room for is measured again by one of them, the others ended first.
+A stop request (Ctrl-C, SIGTERM, SIGHUP) takes effect between points, so the point in flight is kept.
 
 A ``Lane`` holds that rule for one device; ``SweepRunner`` drives one lane in order (the CPU, one
 GPU). ``lanes.py`` drives one lane per GPU of the host, ``ray_backend.py`` lanes in Ray tasks; in
@@ -234,8 +234,8 @@ class Lane:
     every way of running a sweep (in order here, on several GPUs, on a Ray cluster).
 
     Points of one model variant share a worker until one ends in an error or leaves memory held
-    (``must_retire``); after an OOM the longer lengths of that series are skipped. ``slot`` numbers this lane among the ``slots``
-    lanes of the host, which measure on different cores. ``defer_oom``: an OOM ends the points
+    (``must_retire``); after an OOM the longer lengths of that series are skipped. ``slot``
+    numbers this lane among the ``slots`` lanes of the host, which measure on different cores. ``defer_oom``: an OOM ends the points
     handed over instead (``UnitDeferred``), as where other lanes share the GPU's memory; ``marks``:
     columns every row of this lane carries.
     """
@@ -309,7 +309,8 @@ class Lane:
         group = worker_group(point)
         if self._worker is None or group != self._worker_group or self.options.fresh_worker_per_point:
             self._retire_worker()
-            self._worker, self._worker_was_spare = self._take_worker(point, self._next_worker_points(point, upcoming))
+            next_points = self._next_worker_points(point, upcoming)
+            self._worker, self._worker_was_spare = self._take_worker(point, next_points)
             self._worker_group = group
         started = time.perf_counter()
         record = self._measure_in(point)
@@ -415,7 +416,6 @@ class Lane:
                 self._spares.append(self._new_worker(device, upcoming))
         if not wanted and not self._spares:
             self._spares.append(self._new_worker(device))
-
 
     def _retire_worker(self) -> None:
         if self._worker is not None:
