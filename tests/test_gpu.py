@@ -11,6 +11,7 @@ import torch
 
 from models.profiles import get_profile
 from models.registry import REGISTRY
+from profiler.analysis.limits import check_limit, measured_limit, model_query
 from profiler.results.store import ResultsStore
 from profiler.run.faults import FAULT_ENV
 from profiler.run.lanes import LaneRunner, gpu_assignment
@@ -89,6 +90,18 @@ def _growth(rows, column):
     """Second difference ratio: (y(4L) - y(2L)) / (y(2L) - y(L)); 2 for linear, 4 for quadratic."""
     a, b, c = (r[column] for r in rows)
     return (c - b) / (b - a)
+
+
+def test_a_limit_searched_in_one_worker_through_its_ooms_holds_in_fresh_workers():
+    # The search keeps a worker whose probe ran out of memory and freed everything: the limit it finds
+    # must be the one a user finds running the model alone at it, and a little above it.
+    query = model_query("sasrec", "naive", "train", None, "seq_len", 128, 4.0, "float32")
+    largest, smallest_failing, probes = measured_limit(query, 128, 8192)
+    ooms = [p for p in probes if not p.fits]
+    assert largest is not None and smallest_failing is not None and len(ooms) >= 2
+    assert all(p.record["held_after_mib"] <= HELD_AFTER_LIMIT_MIB for p in ooms)
+    assert len({p.record["worker_pid"] for p in probes}) == 1  # no OOM retired the worker
+    assert check_limit(query, largest).holds
 
 
 def test_the_allocators_out_of_memory_error_names_the_request_and_the_room_the_card_alone_leaves():

@@ -15,6 +15,7 @@ from profiler.analysis.limits import (
     search_largest,
 )
 from profiler.cli import app
+from profiler.run.runner import HELD_AFTER_LIMIT_MIB
 from profiler.run.workload import build_workload, step_costs
 
 
@@ -125,33 +126,46 @@ def test_a_check_of_a_small_limit_probes_above_it():
 
 
 class FakeWorker:
-    """Fits up to ``boundary``; an OOM leaves it unusable, as a real one is retired."""
+    """Fits up to ``boundary``; an OOM that leaks (``held_after_mib`` above the limit) leaves it
+    unusable, as a real one that kept the failed step's tensors."""
 
     started: list["FakeWorker"] = []
 
-    def __init__(self, boundary: int):
-        self.boundary, self.values, self.closed, self.poisoned = boundary, [], False, False
+    def __init__(self, boundary: int, oom_held_mib: float):
+        self.boundary, self.oom_held_mib = boundary, oom_held_mib
+        self.values, self.closed, self.poisoned = [], False, False
         FakeWorker.started.append(self)
 
     def measure(self, point, budget, timeout_s, memory_limit_mib):
         assert not self.closed and not self.poisoned, "a retired worker was asked for a probe"
         self.values.append(point.seq_len)
         fits = point.seq_len <= self.boundary
-        self.poisoned = not fits
-        return {"status": "ok" if fits else "oom"}
+        self.poisoned = not fits and self.oom_held_mib > HELD_AFTER_LIMIT_MIB
+        return {"status": "ok" if fits else "oom", "held_after_mib": 0.0 if fits else self.oom_held_mib}
 
     def close(self):
         self.closed = True
 
 
-def test_probes_that_fit_share_a_worker_and_an_oom_retires_it():
+def _search_with_fake_workers(oom_held_mib: float):
     FakeWorker.started = []
     query = model_query("sasrec", None, "train", "tiny", "seq_len", 8, 24.0, "float32")
-    good, bad, probes = measured_limit(query, 16, 8192, lambda: ProbeWorkers(lambda: FakeWorker(777)))
+    good, bad, probes = measured_limit(query, 16, 8192, lambda: ProbeWorkers(lambda: FakeWorker(777, oom_held_mib)))
     assert good <= 777 < bad and bad - good <= 0.01 * good  # lengths are searched to 1%
-    used = [w for w in FakeWorker.started if w.values]
-    assert used[0].values == [16, 32, 64, 128, 256, 512, 1024]  # every fit up to the first OOM in one worker
     assert all(w.closed for w in FakeWorker.started)
+    return [w for w in FakeWorker.started if w.values], probes
+
+
+def test_probes_share_a_worker_through_ooms_that_freed_everything():
+    used, probes = _search_with_fake_workers(oom_held_mib=0.0)
+    assert len(used) == 1 and used[0].values == [p.value for p in probes]  # every probe in one worker
+    assert sum(not p.fits for p in probes) >= 2
+    assert len(FakeWorker.started) == 2  # and one spare, started ahead and closed unused
+
+
+def test_an_oom_that_left_memory_held_retires_its_worker():
+    used, probes = _search_with_fake_workers(oom_held_mib=HELD_AFTER_LIMIT_MIB + 1)
+    assert used[0].values == [16, 32, 64, 128, 256, 512, 1024]  # every fit up to the first OOM in one worker
     ooms = [p for p in probes if not p.fits]
     assert len(used) == len(ooms) + (0 if probes[-1].fits is False else 1)  # a new worker after each OOM only
     assert len(FakeWorker.started) == len(used) + 1  # and one spare, started ahead and closed unused

@@ -1,8 +1,8 @@
 """What fits on a card: the longest sequence (or largest batch) whose step fits in N GiB.
 
 On a GPU every probe runs the real step in a worker whose allocator is held to what a card of that
-size leaves after the CUDA context; a probe that runs out of memory retires its worker, so it
-poisons nothing, and ``--check`` runs the limit found again in fresh workers of its own. The search
+size leaves after the CUDA context; a probe that runs out of memory and leaves memory held retires
+its worker (as a sweep's point does), so it poisons nothing, and ``--check`` runs the limit found again in fresh workers of its own. The search
 doubles until a probe fails, then bisects between the last fit and the first failure. Without a
 GPU (or asked to predict), the tensor footprint measured on the CPU at a few lengths is fitted and
 solved for the budget: a prediction, labelled so.
@@ -18,7 +18,7 @@ import numpy as np
 from profiler.analysis.fit import evaluate, fit_polynomial
 from profiler.results.schema import PointSpec
 from profiler.run.plugins import resolve_spec
-from profiler.run.runner import Worker, WorkerDied, WorkerTimedOut
+from profiler.run.runner import Worker, WorkerDied, WorkerTimedOut, must_retire
 from profiler.run.workload import build_workload, step_costs
 from profiler.trackers.timing import MeasurementBudget
 
@@ -141,10 +141,12 @@ def probe_on_gpu(query: LimitQuery, value: int) -> Probe:
 
 
 class ProbeWorkers:
-    """The workers of one search. A probe that fits leaves its worker as a sweep's ok point does
-    (its memory released, nothing else changed), so the next probe reuses it and skips a start and
-    the kernel priming, most of a probe's time; a probe that runs out of memory retires its worker,
-    and the next one runs in the spare started meanwhile, so an OOM poisons nothing."""
+    """The workers of one search. A probe leaves its worker as a sweep's point does (its memory
+    released, nothing else changed), so the next probe reuses it and skips a start and the kernel
+    priming, most of a probe's time. A search probes past its limit about half the time, so this
+    holds for an OOM too: a probe that ran out of memory and freed everything keeps its worker; one
+    that left memory held (``must_retire``) retires it, and the next probe runs in the spare started
+    meanwhile, so an OOM poisons nothing."""
 
     def __init__(self, worker_factory: Callable[[], Worker] = lambda: Worker("cuda")):
         self._factory = worker_factory
@@ -159,7 +161,7 @@ class ProbeWorkers:
         except LimitError:
             self._retire()
             raise
-        if not probe.fits:
+        if must_retire(probe.record):
             self._retire()
         if self._spare is None:
             self._spare = self._factory()  # starts (imports, CUDA context) while this search goes on
