@@ -128,8 +128,10 @@ class StandInWorker:
 
     started: list = []
 
-    def __init__(self, device, cpu=None, threads=1, gpu=None, start_off=frozenset(), prime=None, share_gpu=False):
+    def __init__(self, device, cpu=None, threads=1, gpu=None, start_off=frozenset(), prime=None, share_gpu=False,
+                 take_turns=False):
         self.device, self.prime, self.points_measured, self.start_s = device, prime, 0, 0.0
+        self.take_turns = take_turns
         self.process = type("Alive", (), {"is_alive": staticmethod(lambda: True)})()
         self.measured: list = []
         StandInWorker.started.append(self)

@@ -216,6 +216,17 @@ def test_each_spare_is_primed_for_the_first_point_of_the_variant_it_will_serve(m
     assert started[3].measured == []
 
 
+@pytest.mark.parametrize("device, spare_workers, in_turns", [("cuda", 3, True), ("cuda", 0, False), ("cpu", 3, False)])
+def test_workers_take_the_gpus_turns_where_spares_prime_beside_the_one_measuring(monkeypatch, device, spare_workers,
+                                                                                 in_turns):
+    # A spare priming on the GPU beside a timed step slows it; in turns it primes between them.
+    monkeypatch.setattr(runner_module, "Worker", StandInWorker)
+    StandInWorker.started = []
+    points = plan_points(["sasrec", "caser"], [50], ["train"], ["naive"], 8, None, device)
+    list(Lane(RunnerOptions(spare_workers=spare_workers)).measure(points, {}))
+    assert StandInWorker.started and all(w.take_turns is in_turns for w in StandInWorker.started)
+
+
 def test_with_a_fresh_worker_per_point_each_spare_is_primed_for_the_next_point(monkeypatch):
     monkeypatch.setattr(runner_module, "Worker", StandInWorker)
     StandInWorker.started = []

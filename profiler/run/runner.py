@@ -74,17 +74,18 @@ class Worker:
     """One worker process and the pipe to it."""
 
     def __init__(self, device: str, cpu: int | None = None, threads: int = 1, gpu: GpuAssignment | None = None,
-                 start_off: frozenset[int] = frozenset(), prime: PointSpec | None = None, share_gpu: bool = False):
+                 start_off: frozenset[int] = frozenset(), prime: PointSpec | None = None, share_gpu: bool = False,
+                 take_turns: bool = False):
         """``prime``: the point this worker will most likely measure first; on CUDA it primes for it
         while it starts (see worker._serve). ``share_gpu``: other lanes measure on its GPU, and it
-        measures in the GPU's turns."""
+        measures in the GPU's turns; ``take_turns``: it takes them beside its own lane's spares."""
         ctx = multiprocessing.get_context("spawn")  # fork would copy the parent's CUDA state
         self.device = device
         self.prime = prime
         self._conn, child_conn = ctx.Pipe()
         self.process = ctx.Process(target=worker_main,
                                    args=(child_conn, device, cpu, threads, os.getpid(), gpu, start_off,
-                                         None if prime is None else prime.as_dict(), share_gpu),
+                                         None if prime is None else prime.as_dict(), share_gpu, take_turns),
                                    daemon=True)
         self._spawned_at = time.perf_counter()
         # The worker starts with these blocked, so a Ctrl-C while it imports torch stays pending
@@ -373,11 +374,16 @@ class Lane:
     def _new_worker(self, device: str, prime: PointSpec | None = None) -> Worker:
         """On CUDA the worker is pinned to its lane's core; on the CPU the step needs every core."""
         share_gpu = self.options.lanes_per_gpu > 1
+        # A spare primes (a step of its model, its dataset tables) while this lane measures: in the
+        # GPU's turns, so that it never runs beside a timed step (one ran beside ConvRec-light's
+        # inference at L = 500 on an H100 and made it 32% slower).
+        take_turns = device == "cuda" and self.options.spare_workers > 0
         if device != "cuda" or not self.options.pin_cpu:
-            return Worker(device, None, self.options.threads, self.gpu, prime=prime, share_gpu=share_gpu)
+            return Worker(device, None, self.options.threads, self.gpu, prime=prime, share_gpu=share_gpu,
+                          take_turns=take_turns)
         start_off = frozenset(cpu for cpu in map(measuring_cpu, range(self.slots)) if cpu is not None)
         return Worker(device, measuring_cpu(self.slot), self.options.threads, self.gpu, start_off, prime=prime,
-                      share_gpu=share_gpu)
+                      share_gpu=share_gpu, take_turns=take_turns)
 
     def _take_worker(self, point: PointSpec, next_worker_points: list[PointSpec]) -> tuple[Worker, bool]:
         """A started worker for ``point``: the spare primed for it if there is one (else the spare

@@ -196,7 +196,7 @@ def _prime_ahead(point: PointSpec) -> tuple | None:
 
 def worker_main(conn, device: str, cpu: int | None, threads: int, parent_pid: int,
                 gpu: GpuAssignment | None = None, start_off: frozenset[int] = frozenset(),
-                prime: dict | None = None, share_gpu: bool = False) -> None:
+                prime: dict | None = None, share_gpu: bool = False, take_turns: bool = False) -> None:
     """Entry point of the worker process: receive (point, budget) dicts, send records, until None.
 
     ``cpu`` pins the process to one core. A training step of a small model is bound by the host
@@ -205,6 +205,7 @@ def worker_main(conn, device: str, cpu: int | None, threads: int, parent_pid: in
     workers measure on). ``gpu``: the one GPU this worker sees; its records name it. ``prime``: the
     point (as a dict) the worker expects first, primed for during start-up (see ``_serve``).
     ``share_gpu``: other lanes measure on this GPU; the worker measures in the GPU's turns.
+    ``take_turns``: so it does beside its own lane's spares, which prime in shared turns.
     """
     # Ctrl-C and a terminal's hangup go to the whole process group; the runner decides when to
     # stop, and the point in flight finishes so its measurement is kept. The runner started this
@@ -214,13 +215,15 @@ def worker_main(conn, device: str, cpu: int | None, threads: int, parent_pid: in
     signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_HELD_SIGNALS)
     _die_with_parent(parent_pid)
     try:
-        _serve(conn, device, cpu, threads, gpu, start_off, PointSpec(**prime) if prime else None, share_gpu)
+        _serve(conn, device, cpu, threads, gpu, start_off, PointSpec(**prime) if prime else None, share_gpu,
+               take_turns)
     except (BrokenPipeError, ConnectionResetError):  # the runner is gone: nothing waits for results
         pass
 
 
 def _serve(conn, device: str, cpu: int | None, threads: int, gpu: GpuAssignment | None,
-           start_off: frozenset[int], prime: PointSpec | None = None, share_gpu: bool = False) -> None:
+           start_off: frozenset[int], prime: PointSpec | None = None, share_gpu: bool = False,
+           take_turns: bool = False) -> None:
     """Starts (its GPU, threads, core, CUDA context, NVML), says whether it is ready, then measures.
 
     On CUDA a worker started ahead of need is told the point it will most likely measure first, and
@@ -267,7 +270,8 @@ def _serve(conn, device: str, cpu: int | None, threads: int, gpu: GpuAssignment 
     except Exception as exc:  # noqa: BLE001 - a worker that cannot start says why
         conn.send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
         return
-    turns = GpuTurns(turn_lock_path(gpu_columns["gpu_uuid"])) if share_gpu and device == "cuda" else NO_TURNS
+    in_turns = (share_gpu or take_turns) and device == "cuda"
+    turns = GpuTurns(turn_lock_path(gpu_columns["gpu_uuid"])) if in_turns else NO_TURNS
     with turns.shared():
         primed_for = _prime_ahead(prime) if prime is not None and device == "cuda" else None
     _freeze_survivors()
