@@ -2,10 +2,11 @@
 
 On a GPU every probe runs the real step in a worker whose allocator is held to what a card of that
 size leaves after the CUDA context; a probe that runs out of memory and leaves memory held retires
-its worker (as a sweep's point does), so it poisons nothing, and ``--check`` runs the limit found again in fresh workers of its own. The search
-doubles until a probe fails, then bisects between the last fit and the first failure. Without a
-GPU (or asked to predict), the tensor footprint measured on the CPU at a few lengths is fitted and
-solved for the budget: a prediction, labelled so.
+its worker (as a sweep's point does), so it poisons nothing, and ``--check`` runs the limit found
+again in fresh workers of its own. The search doubles until a probe fails, then bisects between
+the last fit and the first failure. Without a GPU (or asked to predict), the tensor footprint
+measured on the CPU at a few lengths is fitted and solved for the budget: a prediction, labelled
+so.
 """
 import dataclasses
 import math

@@ -236,9 +236,9 @@ class Lane:
 
     Points of one model variant share a worker until one ends in an error or leaves memory held
     (``must_retire``); after an OOM the longer lengths of that series are skipped. ``slot``
-    numbers this lane among the ``slots`` lanes of the host, which measure on different cores. ``defer_oom``: an OOM ends the points
-    handed over instead (``UnitDeferred``), as where other lanes share the GPU's memory; ``marks``:
-    columns every row of this lane carries.
+    numbers this lane among the ``slots`` lanes of the host, which measure on different cores.
+    ``defer_oom``: an OOM ends the points handed over instead (``UnitDeferred``), as where other
+    lanes share the GPU's memory; ``marks``: columns every row of this lane carries.
     """
 
     def __init__(self, options: RunnerOptions, device_name: str = "", gpu: GpuAssignment | None = None,
@@ -377,7 +377,7 @@ class Lane:
         # A spare primes (a step of its model, its dataset tables) while this lane measures: in the
         # GPU's turns, so that it never runs beside a timed step (one ran beside ConvRec-light's
         # inference at L = 500 on an H100 and made it 32% slower).
-        take_turns = device == "cuda" and self.options.spare_workers > 0
+        take_turns = device == "cuda" and self.spares_wanted > 0
         if device != "cuda" or not self.options.pin_cpu:
             return Worker(device, None, self.options.threads, self.gpu, prime=prime, share_gpu=share_gpu,
                           take_turns=take_turns)
