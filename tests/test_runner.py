@@ -237,10 +237,10 @@ def test_with_a_fresh_worker_per_point_each_spare_is_primed_for_the_next_point(m
 
 def test_a_prime_that_fails_while_starting_is_left_to_the_first_point(monkeypatch):
     point = sasrec_points([8])[0]
-    monkeypatch.setattr(worker_module, "prime_process", lambda p: None)
+    monkeypatch.setattr(worker_module, "prime_process", lambda p, turns: None)
     assert worker_module._prime_ahead(point) == worker_module.priming_key(point)
 
-    def broken(p):
+    def broken(p, turns):
         raise RuntimeError("no kernel image")
 
     monkeypatch.setattr(worker_module, "prime_process", broken)

@@ -65,7 +65,7 @@ class RecordingTurns:
     """Turns that record which phases ran inside which kind of turn."""
 
     def __init__(self):
-        self.inside, self.waited_s, self.shared_waited_s, self.phases = None, 0.0, 0.0, []
+        self.inside, self.waited_s, self.shared_waited_s, self.phases, self.entered = None, 0.0, 0.0, [], []
 
     def _held(self, kind):
         import contextlib
@@ -73,6 +73,7 @@ class RecordingTurns:
         @contextlib.contextmanager
         def held():
             self.inside = kind
+            self.entered.append(kind)
             try:
                 yield
             finally:
@@ -133,7 +134,7 @@ def test_priming_shares_the_gpu_and_the_peak_rate_probes_take_it_alone(monkeypat
     from profiler.run import worker
 
     turns = RecordingTurns()
-    monkeypatch.setattr(worker, "prime_process", lambda point: turns.phases.append(("prime", turns.inside)))
+    monkeypatch.setattr(worker, "prime_process", lambda point, given: turns.phases.append(("prime", given is turns)))
     monkeypatch.setattr(worker, "peak_rates_for", lambda point, cache: turns.phases.append(("peak", turns.inside)))
 
     def measured(point, budget, nvml_reader, peak=None, snapshot_dir=None, turns=None, compile_cores=None):
@@ -143,7 +144,25 @@ def test_priming_shares_the_gpu_and_the_peak_rate_probes_take_it_alone(monkeypat
     point = PointSpec("sasrec", 8, "train", 2, "tiny", "naive", "cpu")
     record = worker.measure_safely(point, None, None, prime=True, measure=measured, turns=turns)
     assert record["status"] == "ok"
-    assert turns.phases == [("prime", "shared"), ("peak", "exclusive"), ("point", None)]
+    # The prime takes its own shared turns (below); the peak rates are timed.
+    assert turns.phases == [("prime", True), ("peak", "exclusive"), ("point", None)]
+
+
+def test_a_prime_runs_each_mode_in_a_shared_turn_of_its_own(monkeypatch):
+    turns = RecordingTurns()
+    real_build = measure.build_workload
+
+    def build(model, attention, mode, *args):
+        workload = real_build(model, attention, mode, *args)
+        step = workload.step
+        workload.step = lambda: (turns.phases.append((mode, turns.inside, len(turns.entered))), step())[1]
+        return workload
+
+    monkeypatch.setattr(measure, "build_workload", build)
+    measure.prime_process(PointSpec("sasrec", 8, "train", 2, "tiny", "naive", "cpu"), turns)
+    # Two turns, one step in each: a measurement waiting in between waits for one mode only.
+    assert turns.phases == [("train", "shared", 1), ("infer", "shared", 2)]
+    assert turns.entered == ["shared", "shared"] and turns.inside is None
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,

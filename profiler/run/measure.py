@@ -36,23 +36,28 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def prime_process(point: PointSpec) -> None:
+def prime_process(point: PointSpec, turns: GpuTurns | NoTurns = NO_TURNS) -> None:
     """Runs a small training step and a prediction of the point's model and frees them again.
 
     CUDA loads kernels and creates library handles lazily, on first use, and keeps them for the
     life of the process (a few hundred MiB that NVML counts). A worker's first point would
     otherwise pay for them inside its measurement and later points would not; primed, every point
     starts from the same state, whether its worker is fresh or reused.
+
+    Each mode primes in a shared turn of its own (``turns``): a worker about to measure on the
+    GPU waits for one small step's kernel loading, not for both modes' in a row.
     """
     seq_len, batch_size = min(point.seq_len, PRIME_LENGTH), min(point.batch_size, PRIME_BATCH)
     spec = resolve_spec(point.model)
     for mode in (m for m in ("train", "infer") if unsupported(spec, m) is None):
-        workload = build_workload(
-            point.model, point.attention, mode, seq_len, batch_size, point.profile, point.device, point.seed,
-            point.dtype,
-        )
-        workload.step()
-    _synchronize(point.device)
+        with turns.shared():
+            workload = build_workload(
+                point.model, point.attention, mode, seq_len, batch_size, point.profile, point.device, point.seed,
+                point.dtype,
+            )
+            workload.step()
+            _synchronize(point.device)
+            del workload  # its tensors go back to the cache before the next mode builds
 
 
 def timing_columns(times: StepTimes) -> dict:

@@ -110,12 +110,12 @@ def measure_safely(point: PointSpec, budget: MeasurementBudget, nvml_reader, pri
     waited_before_s, shared_waited_before_s = turns.waited_s, turns.shared_waited_s
     allocated_before_mib = _allocated_mib(point.device)
     try:
-        with turns.shared():  # priming times nothing: beside other lanes' building and compiling
-            started = time.perf_counter()
-            if prime:
-                prime_process(point)
-                _release_memory(point.device)
-            prime_s = time.perf_counter() - started if prime else 0.0
+        # Priming times nothing: in shared turns, beside other lanes' building and compiling.
+        started = time.perf_counter()
+        if prime:
+            prime_process(point, turns)
+            _release_memory(point.device)
+        prime_s = time.perf_counter() - started if prime else 0.0
         with turns.turn():  # the peak rates are timed
             # Before a memory limit applies: the probes' buffers are not the point's memory.
             started = time.perf_counter()
@@ -182,11 +182,11 @@ def priming_key(point: PointSpec) -> tuple:
     return point.model, point.attention, point.profile, point.device, point.dtype
 
 
-def _prime_ahead(point: PointSpec) -> tuple | None:
-    """Primes for ``point`` while the worker starts; the priming key, or None where it failed (the
-    first point then primes again and reports the failure as its own)."""
+def _prime_ahead(point: PointSpec, turns: GpuTurns | NoTurns = NO_TURNS) -> tuple | None:
+    """Primes for ``point`` while the worker starts, in shared ``turns``; the priming key, or None
+    where it failed (the first point then primes again and reports the failure as its own)."""
     try:
-        prime_process(point)
+        prime_process(point, turns)
         return priming_key(point)
     except Exception:  # noqa: BLE001 - measured again, with its error recorded, at the first point
         return None
@@ -272,8 +272,7 @@ def _serve(conn, device: str, cpu: int | None, threads: int, gpu: GpuAssignment 
         return
     in_turns = (share_gpu or take_turns) and device == "cuda"
     turns = GpuTurns(turn_lock_path(gpu_columns["gpu_uuid"])) if in_turns else NO_TURNS
-    with turns.shared():
-        primed_for = _prime_ahead(prime) if prime is not None and device == "cuda" else None
+    primed_for = _prime_ahead(prime, turns) if prime is not None and device == "cuda" else None
     _freeze_survivors()
     conn.send({"ready": True})
     frozen_after_first_point = False
