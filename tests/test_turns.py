@@ -154,8 +154,13 @@ def test_a_prime_runs_each_mode_in_a_shared_turn_of_its_own(monkeypatch):
 
     def build(model, attention, mode, *args):
         workload = real_build(model, attention, mode, *args)
-        step = workload.step
-        workload.step = lambda: (turns.phases.append((mode, turns.inside, len(turns.entered))), step())[1]
+        real_step = workload.step
+
+        def step():
+            turns.phases.append((mode, turns.inside, len(turns.entered)))
+            return real_step()
+
+        workload.step = step
         return workload
 
     monkeypatch.setattr(measure, "build_workload", build)

@@ -56,7 +56,7 @@ def prime_process(point: PointSpec, turns: GpuTurns | NoTurns = NO_TURNS) -> Non
                 point.dtype,
             )
             workload.step()
-            _synchronize(point.device)
+            _synchronize(point.device)  # its kernels end inside the turn, never beside a measurement
             del workload  # its tensors go back to the cache before the next mode builds
 
 
