@@ -115,7 +115,7 @@ COLUMNS = [
     "status", "error",
     # time per step: the device's (CUDA events behind a spin; the host clock on the CPU) ...
     "time_median_ms", "time_p10_ms", "time_p90_ms", "time_mean_ms", "time_cv", "time_spread",
-    "time_ci_low_ms", "time_ci_high_ms", "time_ci_rel", "reps", "warmup_steps", "time_clock",
+    "time_ci_low_ms", "time_ci_high_ms", "time_ci_rel", "time_ci_confidence", "reps", "warmup_steps", "time_clock",
     # ... and the host's wall time of a synchronised step, which launch-bound steps exceed
     "wall_median_ms", "wall_p10_ms", "wall_p90_ms", "launch_bound", "noisy", "spin_ms", "host_paced_rounds",
     # compiling or capturing the step, outside every timed step

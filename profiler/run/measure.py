@@ -75,6 +75,7 @@ def timing_columns(times: StepTimes) -> dict:
         time_ci_low_ms=low,
         time_ci_high_ms=high,
         time_ci_rel=device.median_ci_rel,
+        time_ci_confidence=device.median_ci_confidence,
         time_clock=times.clock,
         wall_median_ms=wall.median_ms,
         wall_p10_ms=wall.p10_ms,

@@ -31,16 +31,31 @@ WARMUP_TOLERANCE = 0.10
 CONFIDENCE = 0.95
 
 
+def _interval_rank(n: int, confidence: float) -> int:
+    """The 1-based rank k whose order statistics (k-th lowest, k-th highest) bound the median with
+    at least ``confidence``, the largest such k; 1 (lowest and highest) where none does."""
+    return max(int(stats.binom.ppf((1 - confidence) / 2, n, 0.5)), 1)
+
+
 def median_interval(samples, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """A distribution-free interval for the median: the order statistics whose ranks a binomial
     (n, 1/2) puts outside it with probability 1 - confidence. Step times are skewed (rare host
-    stalls), so no normal approximation."""
+    stalls), so no normal approximation. Below ``MIN_SAMPLES_FOR_CONFIDENCE`` samples even the
+    lowest and highest fall short of ``confidence``; ``interval_confidence`` says by how much."""
     ordered = np.sort(np.asarray(samples, dtype=float))
-    n = len(ordered)
-    rank = int(stats.binom.ppf((1 - confidence) / 2, n, 0.5))  # 1-based rank of the lower bound
-    low = ordered[max(rank - 1, 0)]
-    high = ordered[min(n - rank, n - 1)]
-    return float(low), float(high)
+    rank = _interval_rank(len(ordered), confidence)
+    return float(ordered[rank - 1]), float(ordered[len(ordered) - rank])
+
+
+def interval_confidence(n: int, confidence: float = CONFIDENCE) -> float:
+    """How often ``median_interval`` of n samples covers the true median: ``confidence`` or more,
+    except below ``MIN_SAMPLES_FOR_CONFIDENCE`` (3 samples: 75%)."""
+    rank = _interval_rank(n, confidence)
+    return float(1 - 2 * stats.binom.cdf(rank - 1, n, 0.5))
+
+
+# The fewest samples whose lowest and highest bound the median with CONFIDENCE (6 for 95%: 1 - 2 / 2^6).
+MIN_SAMPLES_FOR_CONFIDENCE = next(n for n in range(1, 64) if 1 - 2 * 0.5**n >= CONFIDENCE)
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,10 @@ class TimingStats:
     @property
     def median_ci_ms(self) -> tuple[float, float]:
         return median_interval(self.samples_ms)
+
+    @property
+    def median_ci_confidence(self) -> float:
+        return interval_confidence(len(self.samples_ms))
 
     @property
     def median_ci_rel(self) -> float:
@@ -178,7 +197,10 @@ def _repeat(time_one: Callable[[], float], policy: MeasurementBudget) -> tuple[l
         if len(samples) >= policy.min_reps:
             if time.perf_counter() - started >= policy.time_budget_s:
                 break
-            if TimingStats.from_samples(samples).median_ci_rel <= policy.target_ci:
+            # An interval of fewer samples is narrow by chance as often as not: 3 samples within
+            # 2% of each other bound the median only 75% of the time, whatever their spread.
+            if len(samples) >= MIN_SAMPLES_FOR_CONFIDENCE and \
+                    TimingStats.from_samples(samples).median_ci_rel <= policy.target_ci:
                 break
     return samples, time.perf_counter() - started
 
