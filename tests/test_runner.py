@@ -177,6 +177,31 @@ def test_the_phase_breakdown_names_both_waits_of_lanes_sharing_a_gpu():
                                       "(timed steps alone 1.0 s)")
 
 
+def test_the_precision_line_counts_the_points_that_reached_the_target_at_full_confidence():
+    from profiler.present.display import precision_summary
+
+    rows = [{"status": "ok", "time_ci_rel": 0.004, "time_ci_confidence": 0.96},
+            {"status": "ok", "time_ci_rel": 0.002, "time_ci_confidence": 0.75},  # narrow, but of 3 samples
+            {"status": "ok", "time_ci_rel": 0.03, "time_ci_confidence": 0.96},  # wide
+            {"status": "oom"}, {"status": "ok", "time_ci_rel": 0.001}]  # a row from before the column
+    assert precision_summary(rows, 0.01) == ("timing: 1 of 3 ok points reached ±1.0% at 95% confidence (median "
+                                             "±0.40%); 2 stopped by --time-budget-s or --max-reps first "
+                                             "(confidence down to 75%, interval up to ±3.0%)")
+    assert precision_summary(rows[:1], 0.01) == "timing: 1 of 1 ok points reached ±1.0% at 95% confidence (median ±0.40%)"
+    assert precision_summary(rows[3:], 0.01) is None
+
+
+def test_each_row_records_the_confidence_its_sample_count_gives(tmp_path):
+    from profiler.present.display import precision_summary
+    from profiler.trackers.timing import interval_confidence
+
+    rows, frame = run(tmp_path, sasrec_points([8, 12]))
+    for row in rows:
+        assert row["time_ci_confidence"] == pytest.approx(interval_confidence(row["reps"]))
+    # TINY_BUDGET stops at 3 repetitions at most: no point can claim 95%.
+    assert precision_summary(rows, 1.0).startswith("timing: 0 of 2 ok points reached ±100.0% at 95% confidence")
+
+
 def test_the_closing_count_names_the_outcomes_only_where_some_point_is_not_ok():
     from profiler.present.display import outcome_counts
 

@@ -12,7 +12,7 @@ from models.registry import REGISTRY
 from profiler.cli import options
 from profiler.cli.budget import MaxReps, MaxWarmup, MinReps, TargetCi, TimeBudget, Warmup, measurement_budget
 from profiler.cli.common import console, draw_figures, fail, out, plots_dir_for
-from profiler.present.display import SweepProgress, outcome_counts, phase_breakdown, summary_table
+from profiler.present.display import SweepProgress, outcome_counts, phase_breakdown, precision_summary, summary_table
 from profiler.results.store import ResultsFileError, ResultsStore
 from profiler.run.plugins import check_unchanged
 from profiler.run.runner import DEFAULT_SPARE_WORKERS, SweepEvents
@@ -179,9 +179,9 @@ def sweep(
         out.print(summary_table(frame, f"seqprof sweep on {frame['device_name'].iloc[-1]}, batch {request.batch_size}"))
     console.print(f"{len(rows)} points measured in {elapsed:.1f} s{outcome_counts(rows)}; results: {request.out}",
                   soft_wrap=True)
-    breakdown = phase_breakdown(rows)
-    if breakdown is not None:
-        console.print(breakdown, markup=False, soft_wrap=True)
+    for line in (phase_breakdown(rows), precision_summary(rows, request.budget.target_ci)):
+        if line is not None:
+            console.print(line, markup=False, soft_wrap=True)
     if plot and (frame["status"] == "ok").any():
         draw_figures(frame, plots_dir or plots_dir_for(request.out), request.out.stem)
     if interrupted:

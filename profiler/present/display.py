@@ -8,6 +8,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from profiler.results.schema import KNOB_DEFAULTS, PointSpec, memory_metric, variant_name
+from profiler.trackers.timing import CONFIDENCE
 
 STATUS_STYLE = {"ok": "green", "oom": "yellow", "skipped": "dim", "error": "red"}
 
@@ -153,3 +154,27 @@ def phase_breakdown(rows: list[dict]) -> str | None:
     parts = " + ".join(f"{label} {seconds:.1f}" for label, seconds in phases.items() if seconds > 0)
     return f"time in {len(measured)} ok points: {points_s:.1f} s = {parts} + other {rest_s:.1f} s " \
            f"(timed steps alone {total('measured_wall_s'):.1f} s)"
+
+
+def precision_summary(rows: list[dict], target_ci: float) -> str | None:
+    """How well the ok points' medians are known: how many reached ``target_ci`` at the interval's
+    confidence, and for the rest (the time budget or the most repetitions stopped them first) the
+    lowest confidence and the widest interval. None without ok points that record a confidence."""
+    timed = [row for row in rows if row.get("status") == "ok" and _number(row.get("time_ci_confidence"))]
+    if not timed:
+        return None
+    short = [row for row in timed
+             if row["time_ci_confidence"] < CONFIDENCE or row["time_ci_rel"] > target_ci]
+    widths = sorted(float(row["time_ci_rel"]) for row in timed)
+    line = (f"timing: {len(timed) - len(short)} of {len(timed)} ok points reached ±{target_ci:.1%} at "
+            f"{CONFIDENCE:.0%} confidence (median ±{widths[len(widths) // 2]:.2%})")
+    if short:
+        lowest = min(float(row["time_ci_confidence"]) for row in short)
+        widest = max(float(row["time_ci_rel"]) for row in short)
+        line += (f"; {len(short)} stopped by --time-budget-s or --max-reps first "
+                 f"(confidence down to {lowest:.0%}, interval up to ±{widest:.1%})")
+    return line
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and value == value
