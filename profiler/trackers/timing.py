@@ -54,8 +54,8 @@ def interval_confidence(n: int, confidence: float = CONFIDENCE) -> float:
     return float(1 - 2 * stats.binom.cdf(rank - 1, n, 0.5))
 
 
-# The fewest samples whose lowest and highest bound the median with CONFIDENCE (6 for 95%: 1 - 2 / 2^6).
-MIN_SAMPLES_FOR_CONFIDENCE = next(n for n in range(1, 64) if 1 - 2 * 0.5**n >= CONFIDENCE)
+# The fewest samples whose interval bounds the median with CONFIDENCE (6 for 95%: 1 - 2 / 2^6).
+MIN_SAMPLES_FOR_CONFIDENCE = next(n for n in range(1, 64) if interval_confidence(n) >= CONFIDENCE)
 
 
 @dataclass(frozen=True)
